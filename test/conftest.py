@@ -1,0 +1,45 @@
+"""Shared pytest fixtures.
+
+* ``shared_data``: the path of ``../shared/data`` beside the repository; tests using it skip with
+  a reason when it is absent (the product itself never reads ``../shared``).
+* ROS isolation: every test process keeps DDS on this machine and gets its own domain id, so
+  parallel runs never see each other and no discovery traffic leaves the host.
+"""
+
+from __future__ import annotations
+
+import os
+from pathlib import Path
+
+import pytest
+
+REPO = Path(__file__).resolve().parents[1]
+SHARED_DATA = REPO.parent / "shared" / "data"
+
+# Set before any test imports rclpy: DDS discovery stays on localhost.
+os.environ["ROS_AUTOMATIC_DISCOVERY_RANGE"] = "LOCALHOST"
+os.environ["ROS_LOCALHOST_ONLY"] = "1"
+os.environ.setdefault("ROS_DOMAIN_ID", str(100 + os.getpid() % 100))
+
+
+@pytest.fixture(scope="session")
+def shared_data() -> Path:
+    if not SHARED_DATA.is_dir():
+        pytest.skip(f"shared data not found at {SHARED_DATA} (only present beside a development checkout)")
+    return SHARED_DATA
+
+
+@pytest.fixture(scope="session")
+def plant_ply(shared_data: Path) -> Path:
+    path = shared_data / "splats" / "plant.ply"
+    if not path.is_file():
+        pytest.skip(f"{path} is missing")
+    return path
+
+
+@pytest.fixture(scope="session")
+def tarot_ply(shared_data: Path) -> Path:
+    path = shared_data / "splats" / "tarot_cards.ply"
+    if not path.is_file():
+        pytest.skip(f"{path} is missing")
+    return path
