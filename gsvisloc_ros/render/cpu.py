@@ -1,0 +1,437 @@
+"""Fast CPU rasterizer: numba kernels for the image formation of :mod:`~gsvisloc_ros.render.formation`.
+
+Three steps per frame:
+
+1. ``_project`` (parallel over Gaussians): camera-frame mean, EWA 2D covariance and its inverse,
+   colour from the SH coefficients, and the exact footprint: the ellipse where alpha can reach
+   ``ALPHA_MIN`` (``d^T cov2d^-1 d <= 2 ln(255 opacity)``) and its pixel bounding box. Faint
+   Gaussians get small footprints, which is most of the speed.
+2. The visible Gaussians are sorted by depth once (numpy), then ``_bin`` lists, for every 16x16
+   tile, the Gaussians whose ellipse touches it (checked per tile row, so long diagonal ellipses
+   do not claim their whole bounding box). The lists come out front to back because they are
+   filled in depth order: no per-tile sort.
+3. ``_composite`` (parallel over interleaved groups of tiles): per tile, per Gaussian, per pixel
+   row, only the pixels inside the ellipse are visited; a tile stops once all its pixels are
+   saturated.
+
+The map-side work that does not depend on the camera (3D covariances, dropping Gaussians too faint
+to ever be drawn) is done once per map by :func:`prepare` and kept in a small cache keyed by the
+map's content hash, because the localizer renders the same map many times.
+"""
+
+from __future__ import annotations
+
+import math
+import threading
+from collections import OrderedDict
+from dataclasses import dataclass
+
+import numba as nb
+import numpy as np
+
+from ..camera import PinholeCamera
+from ..gaussians import SH_C0, GaussianMap
+from .formation import (
+    ALPHA_MAX,
+    ALPHA_MIN,
+    DEPTH_MIN_ALPHA,
+    FOV_CLAMP,
+    LOWPASS_PX2,
+    SH_C1,
+    SH_C2,
+    SH_C3,
+    TRANSMITTANCE_MIN,
+)
+
+TILE = 16
+CACHE_SIZE = 4
+# Per-Gaussian record written by _project (float32, 64 bytes).
+P_U, P_V, P_A, P_B, P_C, P_PMIN, P_OPACITY, P_R, P_G, P_BL, P_Z, P_QMAX, P_EX, P_EY, P_DYX = range(15)
+N_PARAMS = 16
+
+_C2_0, _C2_1, _C2_2, _C2_3, _C2_4 = SH_C2
+_C3_0, _C3_1, _C3_2, _C3_3, _C3_4, _C3_5, _C3_6 = SH_C3
+
+
+@dataclass(frozen=True)
+class PreparedMap:
+    """Camera-independent arrays of a map, laid out for the kernels."""
+
+    means: np.ndarray  # [M, 3] float64
+    cov3d: np.ndarray  # [M, 6] float64: xx, xy, xz, yy, yz, zz (world frame)
+    opacities: np.ndarray  # [M] float64, all >= ALPHA_MIN
+    sh: np.ndarray  # [M, K, 3] float32
+    sh_degree: int
+    content_hash: str
+
+    def __len__(self) -> int:
+        return len(self.means)
+
+
+_cache: OrderedDict[str, PreparedMap] = OrderedDict()
+_cache_lock = threading.Lock()
+_kernel_lock = threading.Lock()
+
+
+def prepare(gmap: GaussianMap) -> PreparedMap:
+    """The :class:`PreparedMap` of ``gmap``, computed once per map content and cached.
+
+    The key is :attr:`GaussianMap.content_hash`, which the map computes once: a map whose arrays
+    are modified in place after its first render must be rebuilt as a new ``GaussianMap``.
+    """
+    key = gmap.content_hash
+    with _cache_lock:
+        if key in _cache:
+            _cache.move_to_end(key)
+            return _cache[key]
+    keep = gmap.opacities >= ALPHA_MIN  # alpha <= opacity: the others are never drawn
+    q = gmap.quats[keep].astype(np.float64)
+    q /= np.maximum(np.linalg.norm(q, axis=1, keepdims=True), 1e-30)
+    w, x, y, z = q.T
+    rot = np.stack(
+        [
+            1 - 2 * (y * y + z * z),
+            2 * (x * y - w * z),
+            2 * (x * z + w * y),
+            2 * (x * y + w * z),
+            1 - 2 * (x * x + z * z),
+            2 * (y * z - w * x),
+            2 * (x * z - w * y),
+            2 * (y * z + w * x),
+            1 - 2 * (x * x + y * y),
+        ],
+        axis=1,
+    ).reshape(-1, 3, 3)
+    m = rot * gmap.scales[keep].astype(np.float64)[:, None, :]
+    cov = np.einsum("nij,nkj->nik", m, m)
+    prepared = PreparedMap(
+        means=np.ascontiguousarray(gmap.means[keep], dtype=np.float64),
+        cov3d=np.ascontiguousarray(cov[:, [0, 0, 0, 1, 1, 2], [0, 1, 2, 1, 2, 2]]),
+        opacities=np.ascontiguousarray(gmap.opacities[keep], dtype=np.float64),
+        sh=np.ascontiguousarray(gmap.sh[keep], dtype=np.float32),
+        sh_degree=gmap.sh_degree,
+        content_hash=key,
+    )
+    with _cache_lock:
+        _cache[key] = prepared
+        while len(_cache) > CACHE_SIZE:
+            _cache.popitem(last=False)
+    return prepared
+
+
+def clear_cache() -> None:
+    """Forget every prepared map."""
+    with _cache_lock:
+        _cache.clear()
+
+
+def render(
+    gmap: GaussianMap | PreparedMap,
+    camera: PinholeCamera,
+    T_camera_world: np.ndarray,
+    *,
+    background=(0.0, 0.0, 0.0),
+    near: float = 0.01,
+) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
+    """Render (rgb [H,W,3], depth [H,W], alpha [H,W]) as float32; see :func:`gsvisloc_ros.render.render`."""
+    prep = gmap if isinstance(gmap, PreparedMap) else prepare(gmap)
+    width, height = camera.size
+    T = np.asarray(T_camera_world, dtype=np.float64)
+    R = np.ascontiguousarray(T[:3, :3])
+    t = np.ascontiguousarray(T[:3, 3])
+    campos = -R.T @ t
+    tan_x = 0.5 * width / camera.fx
+    tan_y = 0.5 * height / camera.fy
+    limits = np.array(
+        [
+            -(camera.cx + 0.5) / camera.fx - (FOV_CLAMP - 1.0) * tan_x,
+            (width - 0.5 - camera.cx) / camera.fx + (FOV_CLAMP - 1.0) * tan_x,
+            -(camera.cy + 0.5) / camera.fy - (FOV_CLAMP - 1.0) * tan_y,
+            (height - 0.5 - camera.cy) / camera.fy + (FOV_CLAMP - 1.0) * tan_y,
+        ]
+    )
+    intrinsics = np.array([camera.fx, camera.fy, camera.cx, camera.cy], dtype=np.float64)
+    bg = np.asarray(background, dtype=np.float64).reshape(3)
+
+    rgb = np.empty((height, width, 3), dtype=np.float32)
+    depth = np.empty((height, width), dtype=np.float32)
+    alpha = np.empty((height, width), dtype=np.float32)
+    n = len(prep)
+    params = np.empty((n, N_PARAMS), dtype=np.float32)
+    rects = np.empty((n, 4), dtype=np.int32)
+    tiles_x = (width + TILE - 1) // TILE
+    tiles_y = (height + TILE - 1) // TILE
+    with _kernel_lock:
+        if n:
+            _project(
+                prep.means,
+                prep.cov3d,
+                prep.opacities,
+                prep.sh,
+                prep.sh_degree,
+                R,
+                t,
+                campos,
+                intrinsics,
+                limits,
+                width,
+                height,
+                float(near),
+                params,
+                rects,
+            )
+        visible = np.flatnonzero(rects[:, 0] <= rects[:, 1])
+        order = visible[np.argsort(params[visible, P_Z], kind="stable")]
+        params = params[order]
+        rects = rects[order]
+        tile_start, tile_list = _bin(params, rects, tiles_x, tiles_y)
+        n_chunks = min(tiles_x * tiles_y, 32 * nb.get_num_threads())
+        _composite(params, tile_start, tile_list, width, height, tiles_x, bg, n_chunks, rgb, depth, alpha)
+    return rgb, depth, alpha
+
+
+@nb.njit(cache=True, inline="always")
+def _sh_color(sh, i, c, degree, dx, dy, dz):
+    """SH evaluation of channel ``c`` of Gaussian ``i`` along the unit direction (dx, dy, dz)."""
+    result = SH_C0 * sh[i, 0, c]
+    if degree > 0:
+        result += SH_C1 * (-dy * sh[i, 1, c] + dz * sh[i, 2, c] - dx * sh[i, 3, c])
+        if degree > 1:
+            xx, yy, zz = dx * dx, dy * dy, dz * dz
+            xy, yz, xz = dx * dy, dy * dz, dx * dz
+            result += (
+                _C2_0 * xy * sh[i, 4, c]
+                + _C2_1 * yz * sh[i, 5, c]
+                + _C2_2 * (2.0 * zz - xx - yy) * sh[i, 6, c]
+                + _C2_3 * xz * sh[i, 7, c]
+                + _C2_4 * (xx - yy) * sh[i, 8, c]
+            )
+            if degree > 2:
+                result += (
+                    _C3_0 * dy * (3.0 * xx - yy) * sh[i, 9, c]
+                    + _C3_1 * xy * dz * sh[i, 10, c]
+                    + _C3_2 * dy * (4.0 * zz - xx - yy) * sh[i, 11, c]
+                    + _C3_3 * dz * (2.0 * zz - 3.0 * xx - 3.0 * yy) * sh[i, 12, c]
+                    + _C3_4 * dx * (4.0 * zz - xx - yy) * sh[i, 13, c]
+                    + _C3_5 * dz * (xx - yy) * sh[i, 14, c]
+                    + _C3_6 * dx * (xx - 3.0 * yy) * sh[i, 15, c]
+                )
+    return max(result + 0.5, 0.0)
+
+
+@nb.njit(parallel=True, cache=True)
+def _project(means, cov3d, opacities, sh, degree, R, t, campos, intrinsics, limits, width, height, near, params, rects):
+    fx, fy, cx, cy = intrinsics[0], intrinsics[1], intrinsics[2], intrinsics[3]
+    for i in nb.prange(means.shape[0]):
+        rects[i, 0] = 0
+        rects[i, 1] = -1  # invisible unless set below
+        mx, my, mz = means[i, 0], means[i, 1], means[i, 2]
+        pz = R[2, 0] * mx + R[2, 1] * my + R[2, 2] * mz + t[2]
+        if not pz > near:
+            continue
+        px = R[0, 0] * mx + R[0, 1] * my + R[0, 2] * mz + t[0]
+        py = R[1, 0] * mx + R[1, 1] * my + R[1, 2] * mz + t[1]
+        inv_z = 1.0 / pz
+        u = fx * px * inv_z + cx
+        v = fy * py * inv_z + cy
+        tx = min(max(px * inv_z, limits[0]), limits[1])
+        ty = min(max(py * inv_z, limits[2]), limits[3])
+        # Rows of J @ R, J the projection's Jacobian at the clamped point: cov2d = (JR) cov3d (JR)^T.
+        a0 = fx * inv_z * (R[0, 0] - tx * R[2, 0])
+        a1 = fx * inv_z * (R[0, 1] - tx * R[2, 1])
+        a2 = fx * inv_z * (R[0, 2] - tx * R[2, 2])
+        b0 = fy * inv_z * (R[1, 0] - ty * R[2, 0])
+        b1 = fy * inv_z * (R[1, 1] - ty * R[2, 1])
+        b2 = fy * inv_z * (R[1, 2] - ty * R[2, 2])
+        cxx, cxy, cxz = cov3d[i, 0], cov3d[i, 1], cov3d[i, 2]
+        cyy, cyz, czz = cov3d[i, 3], cov3d[i, 4], cov3d[i, 5]
+        ca0 = cxx * a0 + cxy * a1 + cxz * a2
+        ca1 = cxy * a0 + cyy * a1 + cyz * a2
+        ca2 = cxz * a0 + cyz * a1 + czz * a2
+        cb0 = cxx * b0 + cxy * b1 + cxz * b2
+        cb1 = cxy * b0 + cyy * b1 + cyz * b2
+        cb2 = cxz * b0 + cyz * b1 + czz * b2
+        sxx = a0 * ca0 + a1 * ca1 + a2 * ca2 + LOWPASS_PX2
+        sxy = a0 * cb0 + a1 * cb1 + a2 * cb2
+        syy = b0 * cb0 + b1 * cb1 + b2 * cb2 + LOWPASS_PX2
+        det = sxx * syy - sxy * sxy
+        if not det > 0.0:
+            continue
+        opacity = opacities[i]
+        qmax = 2.0 * math.log(opacity / ALPHA_MIN)
+        ex = math.sqrt(qmax * sxx)
+        ey = math.sqrt(qmax * syy)
+        x0 = max(0.0, math.ceil(u - ex))
+        x1 = min(width - 1.0, math.floor(u + ex))
+        y0 = max(0.0, math.ceil(v - ey))
+        y1 = min(height - 1.0, math.floor(v + ey))
+        if not (x0 <= x1 and y0 <= y1):
+            continue
+        if degree == 0:
+            r = max(SH_C0 * sh[i, 0, 0] + 0.5, 0.0)
+            g = max(SH_C0 * sh[i, 0, 1] + 0.5, 0.0)
+            b = max(SH_C0 * sh[i, 0, 2] + 0.5, 0.0)
+        else:
+            dx, dy, dz = mx - campos[0], my - campos[1], mz - campos[2]
+            norm = math.sqrt(dx * dx + dy * dy + dz * dz)
+            norm = 1.0 / max(norm, 1e-12)
+            dx, dy, dz = dx * norm, dy * norm, dz * norm
+            r = _sh_color(sh, i, 0, degree, dx, dy, dz)
+            g = _sh_color(sh, i, 1, degree, dx, dy, dz)
+            b = _sh_color(sh, i, 2, degree, dx, dy, dz)
+        params[i, P_U] = u
+        params[i, P_V] = v
+        params[i, P_A] = syy / det
+        params[i, P_B] = -sxy / det
+        params[i, P_C] = sxx / det
+        params[i, P_PMIN] = -0.5 * qmax
+        params[i, P_OPACITY] = opacity
+        params[i, P_R] = r
+        params[i, P_G] = g
+        params[i, P_BL] = b
+        params[i, P_Z] = pz
+        params[i, P_QMAX] = qmax
+        params[i, P_EX] = ex
+        params[i, P_EY] = ey
+        params[i, P_DYX] = sxy * math.sqrt(qmax / sxx)  # dy of the ellipse's right-most point
+        params[i, 15] = 0.0
+        rects[i, 0] = int(x0)
+        rects[i, 1] = int(x1)
+        rects[i, 2] = int(y0)
+        rects[i, 3] = int(y1)
+
+
+@nb.njit(cache=True, inline="always")
+def _row_span(u, a, b, c, qmax, dy):
+    """x-interval of the ellipse ``a dx^2 + 2 b dx dy + c dy^2 <= qmax`` on the row at offset dy."""
+    disc = b * b * dy * dy - a * (c * dy * dy - qmax)
+    if disc < 0.0:
+        disc = 0.0
+    half = math.sqrt(disc) / a
+    centre = u - b * dy / a
+    return centre - half, centre + half
+
+
+@nb.njit(cache=True)
+def _band_span(p, y_lo, y_hi):
+    """x-interval of a Gaussian's ellipse over the rows y_lo..y_hi (inside its bounding box)."""
+    u, v = np.float64(p[P_U]), np.float64(p[P_V])
+    a, b, c, qmax = np.float64(p[P_A]), np.float64(p[P_B]), np.float64(p[P_C]), np.float64(p[P_QMAX])
+    ex, dyx = np.float64(p[P_EX]), np.float64(p[P_DYX])
+    dy0, dy1 = y_lo - v, y_hi - v
+    lo0, hi0 = _row_span(u, a, b, c, qmax, dy0)
+    lo1, hi1 = _row_span(u, a, b, c, qmax, dy1)
+    # The right boundary x(dy) is concave: its maximum over the band is the ellipse's right-most
+    # point when that lies in the band, else an end; symmetrically for the left boundary.
+    hi = u + ex if dy0 <= dyx <= dy1 else max(hi0, hi1)
+    lo = u - ex if dy0 <= -dyx <= dy1 else min(lo0, lo1)
+    return lo, hi
+
+
+@nb.njit(cache=True)
+def _bin_pass(params, rects, tiles_x, counts, indices, fill):
+    """Count (``fill`` False) or write (``fill`` True, advancing ``counts`` as cursors) tile entries."""
+    for i in range(params.shape[0]):
+        x0, x1, y0, y1 = rects[i, 0], rects[i, 1], rects[i, 2], rects[i, 3]
+        for ty in range(y0 // TILE, y1 // TILE + 1):
+            lo, hi = _band_span(params[i], max(y0, ty * TILE), min(y1, ty * TILE + TILE - 1))
+            xa = int(max(x0, math.floor(lo)))
+            xb = int(min(x1, math.ceil(hi)))
+            if xa > xb:
+                continue
+            for tx in range(xa // TILE, xb // TILE + 1):
+                tile = ty * tiles_x + tx
+                if fill:
+                    indices[counts[tile]] = i
+                    counts[tile] += 1
+                else:
+                    counts[tile + 1] += 1
+
+
+@nb.njit(cache=True)
+def _bin(params, rects, tiles_x, tiles_y):
+    """Per-tile lists of Gaussian indices, front to back: (start [tiles+1], indices)."""
+    n_tiles = tiles_x * tiles_y
+    start = np.zeros(n_tiles + 1, dtype=np.int64)
+    indices = np.empty(0, dtype=np.int32)
+    _bin_pass(params, rects, tiles_x, start, indices, False)
+    for k in range(n_tiles):
+        start[k + 1] += start[k]
+    indices = np.empty(start[n_tiles], dtype=np.int32)
+    cursor = start[:-1].copy()
+    _bin_pass(params, rects, tiles_x, cursor, indices, True)
+    return start, indices
+
+
+@nb.njit(parallel=True, cache=True, fastmath=True)
+def _composite(params, tile_start, tile_list, width, height, tiles_x, bg, n_chunks, rgb, depth, alpha_out):
+    n_tiles = tile_start.shape[0] - 1
+    for chunk in nb.prange(n_chunks):
+        trans = np.empty(TILE * TILE, dtype=np.float64)
+        color = np.empty((TILE * TILE, 3), dtype=np.float64)
+        zsum = np.empty(TILE * TILE, dtype=np.float64)
+        done = np.empty(TILE * TILE, dtype=np.bool_)
+        for tile in range(chunk, n_tiles, n_chunks):
+            tx0 = (tile % tiles_x) * TILE
+            ty0 = (tile // tiles_x) * TILE
+            tx1 = min(tx0 + TILE, width) - 1
+            ty1 = min(ty0 + TILE, height) - 1
+            n_pixels = (tx1 - tx0 + 1) * (ty1 - ty0 + 1)
+            trans[:] = 1.0
+            color[:] = 0.0
+            zsum[:] = 0.0
+            done[:] = False
+            n_done = 0
+            for k in range(tile_start[tile], tile_start[tile + 1]):
+                p = params[tile_list[k]]
+                u, v = np.float64(p[P_U]), np.float64(p[P_V])
+                a, b, c = np.float64(p[P_A]), np.float64(p[P_B]), np.float64(p[P_C])
+                pmin, qmax, opacity = np.float64(p[P_PMIN]), np.float64(p[P_QMAX]), np.float64(p[P_OPACITY])
+                ex, ey = np.float64(p[P_EX]), np.float64(p[P_EY])
+                gx0 = int(max(tx0, math.ceil(u - ex)))
+                gx1 = int(min(tx1, math.floor(u + ex)))
+                gy0 = int(max(ty0, math.ceil(v - ey)))
+                gy1 = int(min(ty1, math.floor(v + ey)))
+                cr, cg, cb, z = np.float64(p[P_R]), np.float64(p[P_G]), np.float64(p[P_BL]), np.float64(p[P_Z])
+                for py in range(gy0, gy1 + 1):
+                    dy = py - v
+                    lo, hi = _row_span(u, a, b, c, qmax, dy)
+                    xs = int(max(gx0, math.floor(lo)))
+                    xe = int(min(gx1, math.ceil(hi)))
+                    row = (py - ty0) * TILE - tx0
+                    cdy = c * dy * dy
+                    bdy = b * dy
+                    for px in range(xs, xe + 1):
+                        idx = row + px
+                        if done[idx]:
+                            continue
+                        dx = px - u
+                        power = -0.5 * (a * dx * dx + cdy) - bdy * dx
+                        if power > 0.0 or power < pmin:
+                            continue
+                        alpha = min(ALPHA_MAX, opacity * math.exp(power))
+                        if alpha < ALPHA_MIN:
+                            continue
+                        t_here = trans[idx]
+                        t_next = t_here * (1.0 - alpha)
+                        if t_next < TRANSMITTANCE_MIN:
+                            done[idx] = True
+                            n_done += 1
+                            continue
+                        w = alpha * t_here
+                        color[idx, 0] += w * cr
+                        color[idx, 1] += w * cg
+                        color[idx, 2] += w * cb
+                        zsum[idx] += w * z
+                        trans[idx] = t_next
+                if n_done == n_pixels:
+                    break
+            for py in range(ty0, ty1 + 1):
+                for px in range(tx0, tx1 + 1):
+                    idx = (py - ty0) * TILE + px - tx0
+                    t_here = trans[idx]
+                    for ch in range(3):
+                        rgb[py, px, ch] = min(1.0, max(0.0, color[idx, ch] + t_here * bg[ch]))
+                    a_here = 1.0 - t_here
+                    alpha_out[py, px] = a_here
+                    depth[py, px] = zsum[idx] / a_here if a_here >= DEPTH_MIN_ALPHA else 0.0
