@@ -357,7 +357,7 @@ class GaussianMap:
         if bad.any():
             details = ", ".join(f"{int(m.sum())} {name}" for name, m in problems.items() if m.any())
             logger.warning("%s: dropped %d of %d Gaussians (%s)", self.source or "map", bad.sum(), len(self), details)
-        kept = self.subset(~bad)
+        kept = self.subset(~bad) if bad.any() else self
         q = kept.quats.astype(np.float64)
         return kept._replace(quats=q / np.linalg.norm(q, axis=1, keepdims=True))
 

@@ -584,3 +584,22 @@ def test_write_ply_replaces_atomically(tmp_path):
     write_ply(random_map(n=7), path)
     assert len(load_map(path)) == 7
     assert sorted(p.name for p in tmp_path.iterdir()) == ["map.ply"]
+
+
+@pytest.mark.parametrize("scale", [1.0, 2.0])
+def test_transformed_map_renders_the_same_from_the_transformed_camera(scale):
+    from gsvisloc_ros.camera import PinholeCamera, invert_pose, make_pose
+    from gsvisloc_ros.render import render
+
+    rng = np.random.default_rng(23)
+    gmap = random_map(n=150, degree=3, seed=23)
+    gmap.means[:] = rng.uniform([-1.0, -0.8, 2.0], [1.0, 0.8, 4.0], size=(150, 3))
+    gmap.scales[:] = rng.uniform(0.03, 0.15, size=(150, 3))
+    camera = PinholeCamera(40.0, 40.0, 23.5, 17.5, 48, 36)
+    T, R, t = random_similarity(8, scale)
+    before = render(gmap, camera, np.eye(4), backend="reference")
+    camera_moved = make_pose(R, t)  # camera at the origin looking along +z, moved with the map
+    after = render(gmap.transform(T), camera, invert_pose(camera_moved), backend="reference")
+    assert before.alpha.max() > 0.5
+    np.testing.assert_allclose(after.rgb, before.rgb, atol=1e-4)
+    np.testing.assert_allclose(after.depth, scale * before.depth, rtol=1e-4, atol=1e-4)
