@@ -9,6 +9,7 @@
 from __future__ import annotations
 
 import os
+import sys
 from pathlib import Path
 
 import pytest
@@ -19,6 +20,9 @@ SHARED_DATA = REPO.parent / "shared" / "data"
 # Set before any test imports rclpy: DDS discovery stays on localhost.
 os.environ["ROS_AUTOMATIC_DISCOVERY_RANGE"] = "LOCALHOST"
 os.environ["ROS_LOCALHOST_ONLY"] = "1"
+# ament_index needs a prefix; in a virtual environment the ROS wheels install into it.
+if not os.environ.get("AMENT_PREFIX_PATH") and sys.prefix != sys.base_prefix:
+    os.environ["AMENT_PREFIX_PATH"] = sys.prefix
 os.environ.setdefault("ROS_DOMAIN_ID", str(100 + os.getpid() % 100))
 
 
