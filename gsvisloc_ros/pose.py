@@ -21,7 +21,7 @@
 
 from __future__ import annotations
 
-from dataclasses import dataclass, field
+from dataclasses import dataclass
 
 import numpy as np
 
@@ -93,7 +93,6 @@ class PoseEstimate:
     covariance: np.ndarray | None = None
     backend: str = ""
     message: str = ""
-    extras: dict = field(default_factory=dict)
 
     @property
     def inlier_ratio(self) -> float:

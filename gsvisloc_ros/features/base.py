@@ -10,7 +10,7 @@ Conventions (the project's, see :mod:`gsvisloc_ros.camera`):
 
 from __future__ import annotations
 
-from dataclasses import dataclass, field
+from dataclasses import dataclass
 from typing import Protocol, runtime_checkable
 
 import numpy as np
@@ -93,7 +93,6 @@ class DenseFeatures:
     offset: tuple[float, float]
     image_size: tuple[int, int]
     reliability: np.ndarray | None = None
-    _grid: np.ndarray | None = field(default=None, init=False, repr=False)
 
     def __post_init__(self) -> None:
         self.descriptors = np.asarray(self.descriptors, dtype=np.float32)
