@@ -161,32 +161,21 @@ def render(
     rects = np.empty((n, 4), dtype=np.int32)
     tiles_x = (width + TILE - 1) // TILE
     tiles_y = (height + TILE - 1) // TILE
-    with _kernel_lock:
+    n_threads = nb.get_num_threads()
+    # Dynamic scheduling (chunks handed out as threads free up) keeps both cores busy when the
+    # work is uneven across the image or another process takes a core for a while.
+    with _kernel_lock, nb.parallel_chunksize(1):
         if n:
-            _project(
-                prep.means,
-                prep.cov3d,
-                prep.opacities,
-                prep.sh,
-                prep.sh_degree,
-                R,
-                t,
-                campos,
-                intrinsics,
-                limits,
-                width,
-                height,
-                float(near),
-                params,
-                rects,
-            )
-        visible = np.flatnonzero(rects[:, 0] <= rects[:, 1])
-        order = visible[np.argsort(params[visible, P_Z], kind="stable")]
-        params = params[order]
-        rects = rects[order]
-        tile_start, tile_list = _bin(params, rects, tiles_x, tiles_y)
-        n_chunks = min(tiles_x * tiles_y, 32 * nb.get_num_threads())
-        _composite(params, tile_start, tile_list, width, height, tiles_x, bg, n_chunks, rgb, depth, alpha)
+            with nb.parallel_chunksize(4096):
+                _project(
+                    prep.means, prep.cov3d, prep.opacities, prep.sh, prep.sh_degree, R, t, campos, intrinsics,
+                    limits, width, height, float(near), params, rects,
+                )  # fmt: skip
+        order = _depth_order(params, rects)
+        params, rects = _gather(params, rects, order)
+        tile_start, tile_list = _bin(params, rects, tiles_x, tiles_y, 4 * n_threads)
+        with nb.parallel_chunksize(max(1, tiles_x // 4)):
+            _composite(params, tile_start, tile_list, width, height, tiles_x, bg, rgb, depth, alpha)
     return rgb, depth, alpha
 
 
@@ -312,12 +301,12 @@ def _row_span(u, a, b, c, qmax, dy):
     return centre - half, centre + half
 
 
-@nb.njit(cache=True)
-def _band_span(p, y_lo, y_hi):
-    """x-interval of a Gaussian's ellipse over the rows y_lo..y_hi (inside its bounding box)."""
-    u, v = np.float64(p[P_U]), np.float64(p[P_V])
-    a, b, c, qmax = np.float64(p[P_A]), np.float64(p[P_B]), np.float64(p[P_C]), np.float64(p[P_QMAX])
-    ex, dyx = np.float64(p[P_EX]), np.float64(p[P_DYX])
+@nb.njit(cache=True, inline="always")
+def _band_span(params, i, y_lo, y_hi):
+    """x-interval of Gaussian i's ellipse over the rows y_lo..y_hi (inside its bounding box)."""
+    u, v = np.float64(params[i, P_U]), np.float64(params[i, P_V])
+    a, b, c = np.float64(params[i, P_A]), np.float64(params[i, P_B]), np.float64(params[i, P_C])
+    qmax, ex, dyx = np.float64(params[i, P_QMAX]), np.float64(params[i, P_EX]), np.float64(params[i, P_DYX])
     dy0, dy1 = y_lo - v, y_hi - v
     lo0, hi0 = _row_span(u, a, b, c, qmax, dy0)
     lo1, hi1 = _row_span(u, a, b, c, qmax, dy1)
@@ -329,109 +318,231 @@ def _band_span(p, y_lo, y_hi):
 
 
 @nb.njit(cache=True)
-def _bin_pass(params, rects, tiles_x, counts, indices, fill):
-    """Count (``fill`` False) or write (``fill`` True, advancing ``counts`` as cursors) tile entries."""
-    for i in range(params.shape[0]):
-        x0, x1, y0, y1 = rects[i, 0], rects[i, 1], rects[i, 2], rects[i, 3]
-        for ty in range(y0 // TILE, y1 // TILE + 1):
-            lo, hi = _band_span(params[i], max(y0, ty * TILE), min(y1, ty * TILE + TILE - 1))
-            xa = int(max(x0, math.floor(lo)))
-            xb = int(min(x1, math.ceil(hi)))
-            if xa > xb:
-                continue
-            for tx in range(xa // TILE, xb // TILE + 1):
-                tile = ty * tiles_x + tx
-                if fill:
-                    indices[counts[tile]] = i
-                    counts[tile] += 1
-                else:
-                    counts[tile + 1] += 1
+def _depth_order(params, rects):
+    """Indices of the visible Gaussians, front to back (stable: ties keep index order).
+
+    An LSD radix sort of the float32 depths' bit patterns, which order like the depths since
+    every visible depth is positive.
+    """
+    n = rects.shape[0]
+    m = 0
+    for i in range(n):
+        if rects[i, 0] <= rects[i, 1]:
+            m += 1
+    order = np.empty(m, dtype=np.int32)
+    z = np.empty(m, dtype=np.float32)
+    m = 0
+    for i in range(n):
+        if rects[i, 0] <= rects[i, 1]:
+            order[m] = i
+            z[m] = params[i, P_Z]
+            m += 1
+    keys = z.view(np.uint32)
+    order_tmp = np.empty_like(order)
+    keys_tmp = np.empty_like(keys)
+    for shift in (0, 11, 22):
+        counts = np.zeros(2049, dtype=np.int64)
+        for r in range(m):
+            counts[((keys[r] >> shift) & 2047) + 1] += 1
+        for d in range(2048):
+            counts[d + 1] += counts[d]
+        for r in range(m):
+            d = (keys[r] >> shift) & 2047
+            pos = counts[d]
+            counts[d] = pos + 1
+            order_tmp[pos] = order[r]
+            keys_tmp[pos] = keys[r]
+        order, order_tmp = order_tmp, order
+        keys, keys_tmp = keys_tmp, keys
+    return order
 
 
-@nb.njit(cache=True)
-def _bin(params, rects, tiles_x, tiles_y):
-    """Per-tile lists of Gaussian indices, front to back: (start [tiles+1], indices)."""
+@nb.njit(cache=True, inline="always")
+def _tile_columns(params, i, x0, x1, y0, y1, ty):
+    """First and last tile column where Gaussian i's ellipse meets tile row ``ty`` (empty: last < first)."""
+    if y0 // TILE == y1 // TILE:  # one tile row: the band holds the whole ellipse
+        return x0 // TILE, x1 // TILE
+    lo, hi = _band_span(params, i, max(y0, ty * TILE), min(y1, ty * TILE + TILE - 1))
+    xa = int(max(x0, math.floor(lo)))
+    xb = int(min(x1, math.ceil(hi)))
+    if xa > xb:
+        return 1, 0
+    return xa // TILE, xb // TILE
+
+
+@nb.njit(parallel=True, cache=True)
+def _gather(params, rects, order):
+    """The records of the Gaussians ``order``, in that order."""
+    m = order.shape[0]
+    params_out = np.empty((m, params.shape[1]), dtype=params.dtype)
+    rects_out = np.empty((m, 4), dtype=rects.dtype)
+    for r in nb.prange(m):
+        i = order[r]
+        for k in range(params.shape[1]):
+            params_out[r, k] = params[i, k]
+        for k in range(4):
+            rects_out[r, k] = rects[i, k]
+    return params_out, rects_out
+
+
+@nb.njit(parallel=True, cache=True)
+def _bin(params, rects, tiles_x, tiles_y, n_parts):
+    """Per-tile lists of indices of depth-sorted Gaussians, front to back: (start [tiles+1], indices).
+
+    A parallel counting sort: part p takes the p-th slice of the Gaussians, and within a tile the
+    entries of part p follow those of part p - 1, so the lists stay sorted by depth. The counting
+    pass keeps each Gaussian's tile-column span per tile row for the filling pass.
+    """
+    m = params.shape[0]
     n_tiles = tiles_x * tiles_y
-    start = np.zeros(n_tiles + 1, dtype=np.int64)
-    indices = np.empty(0, dtype=np.int32)
-    _bin_pass(params, rects, tiles_x, start, indices, False)
-    for k in range(n_tiles):
-        start[k + 1] += start[k]
-    indices = np.empty(start[n_tiles], dtype=np.int32)
-    cursor = start[:-1].copy()
-    _bin_pass(params, rects, tiles_x, cursor, indices, True)
+    row_start = np.empty(m + 1, dtype=np.int64)  # spans of Gaussian i: row_start[i] .. row_start[i + 1] - 1
+    row_start[0] = 0
+    for i in range(m):
+        row_start[i + 1] = row_start[i] + rects[i, 3] // TILE - rects[i, 2] // TILE + 1
+    spans = np.empty((row_start[m], 2), dtype=np.int32)
+    cursors = np.zeros((n_parts, n_tiles), dtype=np.int64)
+    for part in nb.prange(n_parts):
+        cursor = cursors[part]
+        for i in range(part * m // n_parts, (part + 1) * m // n_parts):
+            x0, x1, y0, y1 = rects[i, 0], rects[i, 1], rects[i, 2], rects[i, 3]
+            r = row_start[i]
+            for ty in range(y0 // TILE, y1 // TILE + 1):
+                first, last = _tile_columns(params, i, x0, x1, y0, y1, ty)
+                spans[r, 0] = first
+                spans[r, 1] = last
+                r += 1
+                for tx in range(first, last + 1):
+                    cursor[ty * tiles_x + tx] += 1
+    start = np.empty(n_tiles + 1, dtype=np.int64)
+    total = 0
+    for tile in range(n_tiles):
+        start[tile] = total
+        for part in range(n_parts):
+            count = cursors[part, tile]
+            cursors[part, tile] = total
+            total += count
+    start[n_tiles] = total
+    indices = np.empty(total, dtype=np.int32)
+    for part in nb.prange(n_parts):
+        cursor = cursors[part]
+        for i in range(part * m // n_parts, (part + 1) * m // n_parts):
+            r = row_start[i]
+            for ty in range(rects[i, 2] // TILE, rects[i, 3] // TILE + 1):
+                for tx in range(spans[r, 0], spans[r, 1] + 1):
+                    tile = ty * tiles_x + tx
+                    indices[cursor[tile]] = i
+                    cursor[tile] += 1
+                r += 1
     return start, indices
 
 
+@nb.njit(cache=True, fastmath=True, inline="always")
+def _exp_neg(x):
+    """exp(x) for x in [-6, 0] in float32, branch-free so that pixel rows vectorise.
+
+    exp(x / 16) by its degree-7 Taylor polynomial (truncation < 1e-8), squared four times;
+    relative error about 1e-6, far below what an 8-bit image shows.
+    """
+    r = x * np.float32(1.0 / 16.0)
+    p = np.float32(1.0 / 5040.0)
+    p = p * r + np.float32(1.0 / 720.0)
+    p = p * r + np.float32(1.0 / 120.0)
+    p = p * r + np.float32(1.0 / 24.0)
+    p = p * r + np.float32(1.0 / 6.0)
+    p = p * r + np.float32(0.5)
+    p = p * r + np.float32(1.0)
+    p = p * r + np.float32(1.0)
+    p = p * p
+    p = p * p
+    p = p * p
+    return p * p
+
+
+_F_ALPHA_MIN = np.float32(ALPHA_MIN)
+_F_ALPHA_MAX = np.float32(ALPHA_MAX)
+_F_T_MIN = np.float32(TRANSMITTANCE_MIN)
+# Planes of the per-tile buffer (one array, constant offsets: the compiler sees they never overlap):
+# transmittance (negative once the pixel is done), colour, depth sum.
+_PIX = TILE * TILE
+_B_T, _B_R, _B_G, _B_B, _B_Z = (k * _PIX for k in range(5))
+
+
 @nb.njit(parallel=True, cache=True, fastmath=True)
-def _composite(params, tile_start, tile_list, width, height, tiles_x, bg, n_chunks, rgb, depth, alpha_out):
+def _composite(params, tile_start, tile_list, width, height, tiles_x, bg, rgb, depth, alpha_out):
     n_tiles = tile_start.shape[0] - 1
-    for chunk in nb.prange(n_chunks):
-        trans = np.empty(TILE * TILE, dtype=np.float64)
-        color = np.empty((TILE * TILE, 3), dtype=np.float64)
-        zsum = np.empty(TILE * TILE, dtype=np.float64)
-        done = np.empty(TILE * TILE, dtype=np.bool_)
-        for tile in range(chunk, n_tiles, n_chunks):
-            tx0 = (tile % tiles_x) * TILE
-            ty0 = (tile // tiles_x) * TILE
-            tx1 = min(tx0 + TILE, width) - 1
-            ty1 = min(ty0 + TILE, height) - 1
-            n_pixels = (tx1 - tx0 + 1) * (ty1 - ty0 + 1)
-            trans[:] = 1.0
-            color[:] = 0.0
-            zsum[:] = 0.0
-            done[:] = False
-            n_done = 0
-            for k in range(tile_start[tile], tile_start[tile + 1]):
-                p = params[tile_list[k]]
-                u, v = np.float64(p[P_U]), np.float64(p[P_V])
-                a, b, c = np.float64(p[P_A]), np.float64(p[P_B]), np.float64(p[P_C])
-                pmin, qmax, opacity = np.float64(p[P_PMIN]), np.float64(p[P_QMAX]), np.float64(p[P_OPACITY])
-                ex, ey = np.float64(p[P_EX]), np.float64(p[P_EY])
-                gx0 = int(max(tx0, math.ceil(u - ex)))
-                gx1 = int(min(tx1, math.floor(u + ex)))
-                gy0 = int(max(ty0, math.ceil(v - ey)))
-                gy1 = int(min(ty1, math.floor(v + ey)))
-                cr, cg, cb, z = np.float64(p[P_R]), np.float64(p[P_G]), np.float64(p[P_BL]), np.float64(p[P_Z])
-                for py in range(gy0, gy1 + 1):
-                    dy = py - v
-                    lo, hi = _row_span(u, a, b, c, qmax, dy)
-                    xs = int(max(gx0, math.floor(lo)))
-                    xe = int(min(gx1, math.ceil(hi)))
-                    row = (py - ty0) * TILE - tx0
-                    cdy = c * dy * dy
-                    bdy = b * dy
-                    for px in range(xs, xe + 1):
-                        idx = row + px
-                        if done[idx]:
-                            continue
-                        dx = px - u
-                        power = -0.5 * (a * dx * dx + cdy) - bdy * dx
-                        if power > 0.0 or power < pmin:
-                            continue
-                        alpha = min(ALPHA_MAX, opacity * math.exp(power))
-                        if alpha < ALPHA_MIN:
-                            continue
-                        t_here = trans[idx]
-                        t_next = t_here * (1.0 - alpha)
-                        if t_next < TRANSMITTANCE_MIN:
-                            done[idx] = True
-                            n_done += 1
-                            continue
-                        w = alpha * t_here
-                        color[idx, 0] += w * cr
-                        color[idx, 1] += w * cg
-                        color[idx, 2] += w * cb
-                        zsum[idx] += w * z
-                        trans[idx] = t_next
-                if n_done == n_pixels:
+    for tile in nb.prange(n_tiles):
+        buf = np.empty(5 * _PIX, dtype=np.float32)
+        tx0 = (tile % tiles_x) * TILE
+        ty0 = (tile // tiles_x) * TILE
+        tx1 = min(tx0 + TILE, width) - 1
+        ty1 = min(ty0 + TILE, height) - 1
+        for r in range(TILE):
+            for j in range(TILE):
+                k = r * TILE + j
+                buf[_B_T + k] = 1.0
+                buf[_B_R + k] = 0.0
+                buf[_B_G + k] = 0.0
+                buf[_B_B + k] = 0.0
+                buf[_B_Z + k] = 0.0
+                if ty0 + r > ty1 or tx0 + j > tx1:  # beyond the image: never drawn
+                    buf[_B_T + k] = -1.0
+        touch = np.float32(0.0)
+        last_kk = tile_start[tile + 1] - 1
+        for kk in range(tile_start[tile], tile_start[tile + 1]):
+            # Read the record two Gaussians ahead now, so that its cache lines arrive while this one
+            # is drawn (a software prefetch; ``touch`` only keeps the loads from being optimised away).
+            ahead = tile_list[min(kk + 2, last_kk)]
+            touch += params[ahead, 0] + params[ahead, N_PARAMS - 1]
+            p = params[tile_list[kk]]
+            v64, ey = np.float64(p[P_V]), np.float64(p[P_EY])
+            gy0 = int(max(ty0, math.ceil(v64 - ey)))
+            gy1 = int(min(ty1, math.floor(v64 + ey)))
+            u, v, a, b, c = p[P_U], p[P_V], p[P_A], p[P_B], p[P_C]
+            pmin, opacity = p[P_PMIN], p[P_OPACITY]
+            cr, cg, cb, z = p[P_R], p[P_G], p[P_BL], p[P_Z]
+            for py in range(gy0, gy1 + 1):
+                dy = np.float32(py) - v
+                cdy = np.float32(-0.5) * c * dy * dy
+                bdy = b * dy
+                base = ((py - ty0) & (TILE - 1)) * TILE  # provably >= 0: lets the row vectorise
+                # The whole 16-pixel row, branch-free: pixels outside the ellipse fail the tests.
+                for j in range(TILE):
+                    k = base + j
+                    dx = np.float32(tx0 + j) - u
+                    power = np.float32(-0.5) * a * dx * dx + cdy - bdy * dx
+                    alpha = min(_F_ALPHA_MAX, opacity * _exp_neg(max(power, np.float32(-6.0))))
+                    t_here = buf[_B_T + k]
+                    ok = (
+                        (power <= np.float32(0.0))
+                        & (power >= pmin)
+                        & (alpha >= _F_ALPHA_MIN)
+                        & (t_here > np.float32(0.0))
+                    )
+                    t_next = t_here * (np.float32(1.0) - alpha)
+                    blend = ok & (t_next >= _F_T_MIN)
+                    finish = ok & (t_next < _F_T_MIN)
+                    w = alpha * t_here if blend else np.float32(0.0)
+                    buf[_B_R + k] += w * cr
+                    buf[_B_G + k] += w * cg
+                    buf[_B_B + k] += w * cb
+                    buf[_B_Z + k] += w * z
+                    # A finished pixel keeps its transmittance, negated to mark it done.
+                    buf[_B_T + k] = t_next if blend else (-t_here if finish else t_here)
+            if (kk - tile_start[tile]) % 8 == 7:  # every few Gaussians: stop once every pixel is done
+                n_done = 0
+                for k in range(_PIX):
+                    n_done += 1 if buf[_B_T + k] < np.float32(0.0) else 0
+                if n_done == _PIX:
                     break
-            for py in range(ty0, ty1 + 1):
-                for px in range(tx0, tx1 + 1):
-                    idx = (py - ty0) * TILE + px - tx0
-                    t_here = trans[idx]
-                    for ch in range(3):
-                        rgb[py, px, ch] = min(1.0, max(0.0, color[idx, ch] + t_here * bg[ch]))
-                    a_here = 1.0 - t_here
-                    alpha_out[py, px] = a_here
-                    depth[py, px] = zsum[idx] / a_here if a_here >= DEPTH_MIN_ALPHA else 0.0
+        if touch == np.float32(-1.2345e30):
+            buf[0] = touch
+        for py in range(ty0, ty1 + 1):
+            for px in range(tx0, tx1 + 1):
+                k = (py - ty0) * TILE + px - tx0
+                t_here = abs(np.float64(buf[_B_T + k]))
+                rgb[py, px, 0] = min(1.0, max(0.0, buf[_B_R + k] + t_here * bg[0]))
+                rgb[py, px, 1] = min(1.0, max(0.0, buf[_B_G + k] + t_here * bg[1]))
+                rgb[py, px, 2] = min(1.0, max(0.0, buf[_B_B + k] + t_here * bg[2]))
+                a_here = 1.0 - t_here
+                alpha_out[py, px] = a_here
+                depth[py, px] = buf[_B_Z + k] / a_here if a_here >= DEPTH_MIN_ALPHA else 0.0
