@@ -43,7 +43,9 @@ class MatchingConfig:
             a softmax at 0.1 is nearly flat and no pair reaches the threshold (measured on two
             Middlebury views: 0 matches at 0.1, 1 at 0.05, ~700 at 0.02 with 89% epipolar-consistent).
         threshold: minimum dual-softmax probability of a match.
-        chunk_size: landmark descriptors scored per block (memory ~ N * chunk_size * 4 bytes).
+        chunk_size: landmark descriptors scored per block (memory ~ N * chunk_size * 4 bytes). On a
+            CPU, blocks that stay in cache are fastest (20k x 4k, one thread: 340 ms CPU at 1024,
+            450 ms at 8192; dual-softmax 690 vs 1090 ms); on a GPU larger blocks (16k+) suit better.
         device: torch device (``"auto"`` = CUDA when available, else CPU).
     """
 
@@ -52,7 +54,7 @@ class MatchingConfig:
     ratio: float | None = None
     temperature: float = 0.02
     threshold: float = 0.2
-    chunk_size: int = 8192
+    chunk_size: int = 1024
     device: str | None = "auto"
 
     def __post_init__(self) -> None:
