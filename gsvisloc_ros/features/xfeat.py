@@ -12,6 +12,13 @@ convention exactly (centre of pixel (i, j) at (u, v) = (i, j)):
 * The 64-d descriptor map lives at 1/8 resolution; cell (r, c) stands for the centre of the 8x8 pixel
   block it summarises, pixel (8c + 3.5, 8r + 3.5). Sparse descriptors are bicubic samples of that map
   at the keypoints, using the same mapping as :class:`~gsvisloc_ros.features.base.DenseFeatures`.
+
+Measured here (test/test_features.py): no half-pixel bias on real photos (a 180-degree rotation
+test gives ~0.05 px); the sub-pixel step lowers the median epipolar error of two Middlebury views
+from 0.90 to 0.87 px. The detector works on 8x8 cells, so it is shift-equivariant only for shifts by
+multiples of 8 pixels: the same scene point may be detected ~1 px apart in images offset otherwise.
+On synthetic checkerboards its corners sit ~0.8 px low (out of its training domain; not seen on photos).
+Speed at 640x480 on this 2-core CPU: ~58 ms with 2 idle cores, ~75 ms on one core.
 """
 
 from __future__ import annotations
