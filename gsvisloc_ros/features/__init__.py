@@ -43,7 +43,7 @@ def make_encoder(name: str, device: str | None = "auto", config: Any = None, **o
         device: torch device for XFeat (``"auto"`` = CUDA when available, else CPU); ignored by SIFT.
         config: an :class:`~gsvisloc_ros.features.xfeat.XFeatConfig` or
             :class:`~gsvisloc_ros.features.sift.SiftConfig`; defaults when ``None``.
-        **overrides: fields of the config to change, e.g. ``top_k=2048``.
+        **overrides: fields of the config to change, e.g. ``top_k=2048`` (both encoders have ``top_k``).
     """
     from dataclasses import replace
 

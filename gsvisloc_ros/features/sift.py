@@ -24,7 +24,7 @@ class SiftConfig:
     """Settings of the SIFT encoder.
 
     Attributes:
-        max_keypoints: keep at most this many keypoints (highest response first); 0 keeps all.
+        top_k: keep at most this many keypoints (highest response first); 0 keeps all.
         contrast_threshold: OpenCV's ``contrastThreshold`` (lower gives more keypoints).
         edge_threshold: OpenCV's ``edgeThreshold``.
         n_octave_layers: OpenCV's ``nOctaveLayers``.
@@ -33,7 +33,7 @@ class SiftConfig:
         position_bias: subtracted from OpenCV's keypoint positions (see the module docstring).
     """
 
-    max_keypoints: int = 4096
+    top_k: int = 4096
     contrast_threshold: float = 0.02
     edge_threshold: float = 10.0
     n_octave_layers: int = 3
@@ -42,8 +42,8 @@ class SiftConfig:
     position_bias: float = 0.25
 
     def __post_init__(self) -> None:
-        if self.max_keypoints < 0:
-            raise ValueError(f"max_keypoints must be >= 0, got {self.max_keypoints}")
+        if self.top_k < 0:
+            raise ValueError(f"top_k must be >= 0, got {self.top_k}")
 
 
 class SiftEncoder:
@@ -59,7 +59,7 @@ class SiftEncoder:
         self.device = "cpu"  # OpenCV SIFT runs on the CPU; ``device`` is accepted for a uniform factory
         cfg = self.config
         self._sift = cv2.SIFT_create(
-            nfeatures=cfg.max_keypoints,
+            nfeatures=cfg.top_k,
             nOctaveLayers=cfg.n_octave_layers,
             contrastThreshold=cfg.contrast_threshold,
             edgeThreshold=cfg.edge_threshold,
@@ -84,6 +84,6 @@ class SiftEncoder:
             desc = np.sqrt(desc)
         desc /= np.maximum(np.linalg.norm(desc, axis=1, keepdims=True), 1e-12)
         order = np.argsort(-response, kind="stable")
-        if self.config.max_keypoints:
-            order = order[: self.config.max_keypoints]
+        if self.config.top_k:
+            order = order[: self.config.top_k]
         return Features(uv[order], desc[order], response[order], (width, height), size[order])
