@@ -1,22 +1,23 @@
 """Fast CPU rasterizer: numba kernels for the image formation of :mod:`~gsvisloc_ros.render.formation`.
 
-Three steps per frame:
+Per frame:
 
-1. ``_project`` (parallel over Gaussians): camera-frame mean, EWA 2D covariance and its inverse,
-   colour from the SH coefficients, and the exact footprint: the ellipse where alpha can reach
-   ``ALPHA_MIN`` (``d^T cov2d^-1 d <= 2 ln(255 opacity)``) and its pixel bounding box. Faint
-   Gaussians get small footprints, which is most of the speed.
-2. The visible Gaussians are sorted by depth once (numpy), then ``_bin`` lists, for every 16x16
-   tile, the Gaussians whose ellipse touches it (checked per tile row, so long diagonal ellipses
-   do not claim their whole bounding box). The lists come out front to back because they are
-   filled in depth order: no per-tile sort.
-3. ``_composite`` (parallel over interleaved groups of tiles): per tile, per Gaussian, per pixel
-   row, only the pixels inside the ellipse are visited; a tile stops once all its pixels are
-   saturated.
+1. ``_project``: camera-frame mean, EWA 2D covariance and its inverse, colour from the SH
+   coefficients, and the exact footprint: the ellipse where alpha can reach ``ALPHA_MIN``
+   (``d^T cov2d^-1 d <= 2 ln(255 opacity)``) and its pixel bounding box. Faint Gaussians get small
+   footprints, which is much of the speed.
+2. ``_depth_order`` (radix sort of the depths) and ``_gather`` put the visible Gaussians front to
+   back; ``_bin`` lists, for every 16x16 tile, the Gaussians whose ellipse touches it (checked per
+   tile row, so long diagonal ellipses do not claim their whole bounding box). The lists come out
+   sorted because they are filled in depth order: no per-tile sort.
+3. ``_composite`` (parallel over tiles): per tile, per Gaussian, per pixel row of the tile that
+   the ellipse spans, the 16 pixels are blended branch-free in float32, which LLVM vectorises;
+   a tile stops once all its pixels are saturated.
 
 The map-side work that does not depend on the camera (3D covariances, dropping Gaussians too faint
 to ever be drawn) is done once per map by :func:`prepare` and kept in a small cache keyed by the
-map's content hash, because the localizer renders the same map many times.
+map's content hash, because the localizer renders the same map many times. Kernels are compiled
+on first use and cached on disk by numba (``cache=True``; ``NUMBA_CACHE_DIR`` moves the cache).
 """
 
 from __future__ import annotations
@@ -161,19 +162,18 @@ def render(
     rects = np.empty((n, 4), dtype=np.int32)
     tiles_x = (width + TILE - 1) // TILE
     tiles_y = (height + TILE - 1) // TILE
-    n_threads = nb.get_num_threads()
-    # Dynamic scheduling (chunks handed out as threads free up) keeps both cores busy when the
-    # work is uneven across the image or another process takes a core for a while.
-    with _kernel_lock, nb.parallel_chunksize(1):
+    with _kernel_lock:
         if n:
-            with nb.parallel_chunksize(4096):
-                _project(
-                    prep.means, prep.cov3d, prep.opacities, prep.sh, prep.sh_degree, R, t, campos, intrinsics,
-                    limits, width, height, float(near), params, rects,
-                )  # fmt: skip
+            _project(
+                prep.means, prep.cov3d, prep.opacities, prep.sh, prep.sh_degree, R, t, campos, intrinsics,
+                limits, width, height, float(near), params, rects,
+            )  # fmt: skip
         order = _depth_order(params, rects)
         params, rects = _gather(params, rects, order)
-        tile_start, tile_list = _bin(params, rects, tiles_x, tiles_y, 4 * n_threads)
+        tile_start, tile_list = _bin(params, rects, tiles_x, tiles_y)
+        # Only the compositing runs in parallel: the other steps take a few ms, less than waking
+        # the worker threads costs on a busy machine. Tiles are handed out a few at a time as
+        # threads free up, so uneven images and other processes' load do not leave a core idle.
         with nb.parallel_chunksize(max(1, tiles_x // 4)):
             _composite(params, tile_start, tile_list, width, height, tiles_x, bg, rgb, depth, alpha)
     return rgb, depth, alpha
@@ -208,10 +208,10 @@ def _sh_color(sh, i, c, degree, dx, dy, dz):
     return max(result + 0.5, 0.0)
 
 
-@nb.njit(parallel=True, cache=True)
+@nb.njit(cache=True)
 def _project(means, cov3d, opacities, sh, degree, R, t, campos, intrinsics, limits, width, height, near, params, rects):
     fx, fy, cx, cy = intrinsics[0], intrinsics[1], intrinsics[2], intrinsics[3]
-    for i in nb.prange(means.shape[0]):
+    for i in range(means.shape[0]):
         rects[i, 0] = 0
         rects[i, 1] = -1  # invisible unless set below
         mx, my, mz = means[i, 0], means[i, 1], means[i, 2]
@@ -370,13 +370,13 @@ def _tile_columns(params, i, x0, x1, y0, y1, ty):
     return xa // TILE, xb // TILE
 
 
-@nb.njit(parallel=True, cache=True)
+@nb.njit(cache=True)
 def _gather(params, rects, order):
     """The records of the Gaussians ``order``, in that order."""
     m = order.shape[0]
     params_out = np.empty((m, params.shape[1]), dtype=params.dtype)
     rects_out = np.empty((m, 4), dtype=rects.dtype)
-    for r in nb.prange(m):
+    for r in range(m):
         i = order[r]
         for k in range(params.shape[1]):
             params_out[r, k] = params[i, k]
@@ -385,13 +385,12 @@ def _gather(params, rects, order):
     return params_out, rects_out
 
 
-@nb.njit(parallel=True, cache=True)
-def _bin(params, rects, tiles_x, tiles_y, n_parts):
+@nb.njit(cache=True)
+def _bin(params, rects, tiles_x, tiles_y):
     """Per-tile lists of indices of depth-sorted Gaussians, front to back: (start [tiles+1], indices).
 
-    A parallel counting sort: part p takes the p-th slice of the Gaussians, and within a tile the
-    entries of part p follow those of part p - 1, so the lists stay sorted by depth. The counting
-    pass keeps each Gaussian's tile-column span per tile row for the filling pass.
+    A counting sort: the lists stay sorted because the Gaussians are visited front to back. The
+    counting pass keeps each Gaussian's tile-column span per tile row for the filling pass.
     """
     m = params.shape[0]
     n_tiles = tiles_x * tiles_y
@@ -400,39 +399,29 @@ def _bin(params, rects, tiles_x, tiles_y, n_parts):
     for i in range(m):
         row_start[i + 1] = row_start[i] + rects[i, 3] // TILE - rects[i, 2] // TILE + 1
     spans = np.empty((row_start[m], 2), dtype=np.int32)
-    cursors = np.zeros((n_parts, n_tiles), dtype=np.int64)
-    for part in nb.prange(n_parts):
-        cursor = cursors[part]
-        for i in range(part * m // n_parts, (part + 1) * m // n_parts):
-            x0, x1, y0, y1 = rects[i, 0], rects[i, 1], rects[i, 2], rects[i, 3]
-            r = row_start[i]
-            for ty in range(y0 // TILE, y1 // TILE + 1):
-                first, last = _tile_columns(params, i, x0, x1, y0, y1, ty)
-                spans[r, 0] = first
-                spans[r, 1] = last
-                r += 1
-                for tx in range(first, last + 1):
-                    cursor[ty * tiles_x + tx] += 1
-    start = np.empty(n_tiles + 1, dtype=np.int64)
-    total = 0
+    start = np.zeros(n_tiles + 1, dtype=np.int64)
+    for i in range(m):
+        x0, x1, y0, y1 = rects[i, 0], rects[i, 1], rects[i, 2], rects[i, 3]
+        r = row_start[i]
+        for ty in range(y0 // TILE, y1 // TILE + 1):
+            first, last = _tile_columns(params, i, x0, x1, y0, y1, ty)
+            spans[r, 0] = first
+            spans[r, 1] = last
+            r += 1
+            for tx in range(first, last + 1):
+                start[ty * tiles_x + tx + 1] += 1
     for tile in range(n_tiles):
-        start[tile] = total
-        for part in range(n_parts):
-            count = cursors[part, tile]
-            cursors[part, tile] = total
-            total += count
-    start[n_tiles] = total
-    indices = np.empty(total, dtype=np.int32)
-    for part in nb.prange(n_parts):
-        cursor = cursors[part]
-        for i in range(part * m // n_parts, (part + 1) * m // n_parts):
-            r = row_start[i]
-            for ty in range(rects[i, 2] // TILE, rects[i, 3] // TILE + 1):
-                for tx in range(spans[r, 0], spans[r, 1] + 1):
-                    tile = ty * tiles_x + tx
-                    indices[cursor[tile]] = i
-                    cursor[tile] += 1
-                r += 1
+        start[tile + 1] += start[tile]
+    indices = np.empty(start[n_tiles], dtype=np.int32)
+    cursor = start[:n_tiles].copy()
+    for i in range(m):
+        r = row_start[i]
+        for ty in range(rects[i, 2] // TILE, rects[i, 3] // TILE + 1):
+            for tx in range(spans[r, 0], spans[r, 1] + 1):
+                tile = ty * tiles_x + tx
+                indices[cursor[tile]] = i
+                cursor[tile] += 1
+            r += 1
     return start, indices
 
 
