@@ -300,3 +300,43 @@ def test_cpu_agrees_with_reference_on_a_real_map(captures):
     slow = render(gmap, camera, T_camera_world, backend="reference")
     assert _psnr(fast.rgb_u8, slow.rgb_u8) > 60.0
     assert np.abs(fast.depth.astype(np.float64) - slow.depth).max() < 1e-3
+
+
+def test_cuda_wrapper_conventions_with_a_fake_gsplat(monkeypatch):
+    """The gsplat wrapper's bookkeeping, checked on the CPU against a stand-in for gsplat.rasterization.
+
+    The stand-in renders like gsplat: pixel i sampled at i + 0.5 (so it undoes the +0.5 the
+    wrapper adds to the principal point), colour without background, alpha-normalised depth.
+    """
+    import sys
+    import types
+
+    torch = pytest.importorskip("torch")
+    from gsvisloc_ros.render import cuda as cuda_backend
+
+    calls = {}
+
+    def rasterization(means, quats, scales, opacities, colors, viewmats, Ks, width, height, **kwargs):
+        calls.update(kwargs, Ks=Ks.cpu().numpy(), viewmats=viewmats.cpu().numpy())
+        K = Ks[0].double().cpu().numpy()
+        camera = PinholeCamera(K[0, 0], K[1, 1], K[0, 2] - 0.5, K[1, 2] - 0.5, width, height)
+        gmap = GaussianMap(*(t.cpu().numpy() for t in (means, quats, scales, opacities, colors)))
+        rgb, depth, alpha = cpu_backend.render(
+            gmap, camera, viewmats[0].double().cpu().numpy(), near=kwargs["near_plane"]
+        )
+        out = np.concatenate([rgb, depth[..., None]], axis=-1)[None]
+        return torch.from_numpy(out), torch.from_numpy(alpha[None, ..., None]), {}
+
+    monkeypatch.setitem(sys.modules, "gsplat", types.SimpleNamespace(rasterization=rasterization))
+    gmap = random_scene(300, 1, 7)
+    camera = PinholeCamera(90.0, 95.0, 40.3, 29.6, 80, 60)
+    T_camera_world = invert_pose(make_pose(np.eye(3), [0.05, -0.02, -0.1]))
+    rgb, depth, alpha = cuda_backend.render(gmap, camera, T_camera_world, background=(0.2, 0.4, 0.6), device="cpu")
+    expected = render(gmap, camera, T_camera_world, backend="cpu", background=(0.2, 0.4, 0.6))
+    np.testing.assert_allclose(calls["Ks"][0], camera.K + [[0, 0, 0.5], [0, 0, 0.5], [0, 0, 0]], atol=1e-5)
+    np.testing.assert_allclose(calls["viewmats"][0], T_camera_world, atol=1e-6)
+    assert calls["render_mode"] == "RGB+ED" and calls["eps2d"] == 0.3 and calls["sh_degree"] == 1
+    # Equal up to the float32 round trip of the principal point.
+    np.testing.assert_allclose(rgb, expected.rgb, atol=5e-5)
+    np.testing.assert_allclose(alpha, expected.alpha, atol=5e-5)
+    np.testing.assert_allclose(depth, expected.depth, atol=5e-5)

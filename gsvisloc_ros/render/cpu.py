@@ -22,6 +22,7 @@ on first use and cached on disk by numba (``cache=True``; ``NUMBA_CACHE_DIR`` mo
 
 from __future__ import annotations
 
+import logging
 import math
 import threading
 from collections import OrderedDict
@@ -43,6 +44,32 @@ from .formation import (
     SH_C3,
     TRANSMITTANCE_MIN,
 )
+
+logger = logging.getLogger(__name__)
+
+
+_uncached: list[str] = []
+
+
+def _jit(**options):
+    """``numba.njit(cache=True, **options)``, or without the disk cache where it cannot be written.
+
+    numba caches beside the source, else in the user's cache directory; when neither is writable
+    (a read-only install run by a user without a home) it would refuse to compile at import.
+    ``NUMBA_CACHE_DIR`` points it elsewhere.
+    """
+
+    def decorate(function):
+        try:
+            return nb.njit(cache=True, **options)(function)
+        except RuntimeError as exc:  # "cannot cache function ...: no locator available"
+            if not _uncached:
+                logger.warning("%s; the renderer will be compiled in every process (set NUMBA_CACHE_DIR)", exc)
+            _uncached.append(function.__name__)
+            return nb.njit(**options)(function)
+
+    return decorate
+
 
 TILE = 16
 CACHE_SIZE = 4
@@ -86,28 +113,10 @@ def prepare(gmap: GaussianMap) -> PreparedMap:
             _cache.move_to_end(key)
             return _cache[key]
     keep = gmap.opacities >= ALPHA_MIN  # alpha <= opacity: the others are never drawn
-    q = gmap.quats[keep].astype(np.float64)
-    q /= np.maximum(np.linalg.norm(q, axis=1, keepdims=True), 1e-30)
-    w, x, y, z = q.T
-    rot = np.stack(
-        [
-            1 - 2 * (y * y + z * z),
-            2 * (x * y - w * z),
-            2 * (x * z + w * y),
-            2 * (x * y + w * z),
-            1 - 2 * (x * x + z * z),
-            2 * (y * z - w * x),
-            2 * (x * z - w * y),
-            2 * (y * z + w * x),
-            1 - 2 * (x * x + y * y),
-        ],
-        axis=1,
-    ).reshape(-1, 3, 3)
-    m = rot * gmap.scales[keep].astype(np.float64)[:, None, :]
-    cov = np.einsum("nij,nkj->nik", m, m)
+    cov3d = _covariances(gmap.quats[keep], gmap.scales[keep])
     prepared = PreparedMap(
         means=np.ascontiguousarray(gmap.means[keep], dtype=np.float64),
-        cov3d=np.ascontiguousarray(cov[:, [0, 0, 0, 1, 1, 2], [0, 1, 2, 1, 2, 2]]),
+        cov3d=np.ascontiguousarray(cov3d),
         opacities=np.ascontiguousarray(gmap.opacities[keep], dtype=np.float64),
         sh=np.ascontiguousarray(gmap.sh[keep], dtype=np.float32),
         sh_degree=gmap.sh_degree,
@@ -118,6 +127,30 @@ def prepare(gmap: GaussianMap) -> PreparedMap:
         while len(_cache) > CACHE_SIZE:
             _cache.popitem(last=False)
     return prepared
+
+
+@_jit()
+def _covariances(quats, scales):
+    """World-frame covariances (xx, xy, xz, yy, yz, zz) [N, 6] of (w, x, y, z) quaternions and scales."""
+    n = quats.shape[0]
+    cov = np.empty((n, 6), dtype=np.float64)
+    m = np.empty((3, 3), dtype=np.float64)
+    for i in range(n):
+        w, x, y, z = np.float64(quats[i, 0]), np.float64(quats[i, 1]), np.float64(quats[i, 2]), np.float64(quats[i, 3])
+        norm = math.sqrt(w * w + x * x + y * y + z * z)
+        norm = 1.0 / max(norm, 1e-30)
+        w, x, y, z = w * norm, x * norm, y * norm, z * norm
+        sx, sy, sz = np.float64(scales[i, 0]), np.float64(scales[i, 1]), np.float64(scales[i, 2])
+        # m = R diag(s): cov = m m^T
+        m[0, 0], m[0, 1], m[0, 2] = (1 - 2 * (y * y + z * z)) * sx, 2 * (x * y - w * z) * sy, 2 * (x * z + w * y) * sz
+        m[1, 0], m[1, 1], m[1, 2] = 2 * (x * y + w * z) * sx, (1 - 2 * (x * x + z * z)) * sy, 2 * (y * z - w * x) * sz
+        m[2, 0], m[2, 1], m[2, 2] = 2 * (x * z - w * y) * sx, 2 * (y * z + w * x) * sy, (1 - 2 * (x * x + y * y)) * sz
+        k = 0
+        for a in range(3):
+            for b in range(a, 3):
+                cov[i, k] = m[a, 0] * m[b, 0] + m[a, 1] * m[b, 1] + m[a, 2] * m[b, 2]
+                k += 1
+    return cov
 
 
 def clear_cache() -> None:
@@ -179,7 +212,7 @@ def render(
     return rgb, depth, alpha
 
 
-@nb.njit(cache=True, inline="always")
+@_jit(inline="always")
 def _sh_color(sh, i, c, degree, dx, dy, dz):
     """SH evaluation of channel ``c`` of Gaussian ``i`` along the unit direction (dx, dy, dz)."""
     result = SH_C0 * sh[i, 0, c]
@@ -208,7 +241,7 @@ def _sh_color(sh, i, c, degree, dx, dy, dz):
     return max(result + 0.5, 0.0)
 
 
-@nb.njit(cache=True)
+@_jit()
 def _project(means, cov3d, opacities, sh, degree, R, t, campos, intrinsics, limits, width, height, near, params, rects):
     fx, fy, cx, cy = intrinsics[0], intrinsics[1], intrinsics[2], intrinsics[3]
     for i in range(means.shape[0]):
@@ -290,7 +323,7 @@ def _project(means, cov3d, opacities, sh, degree, R, t, campos, intrinsics, limi
         rects[i, 3] = int(y1)
 
 
-@nb.njit(cache=True, inline="always")
+@_jit(inline="always")
 def _row_span(u, a, b, c, qmax, dy):
     """x-interval of the ellipse ``a dx^2 + 2 b dx dy + c dy^2 <= qmax`` on the row at offset dy."""
     disc = b * b * dy * dy - a * (c * dy * dy - qmax)
@@ -301,7 +334,7 @@ def _row_span(u, a, b, c, qmax, dy):
     return centre - half, centre + half
 
 
-@nb.njit(cache=True, inline="always")
+@_jit(inline="always")
 def _band_span(params, i, y_lo, y_hi):
     """x-interval of Gaussian i's ellipse over the rows y_lo..y_hi (inside its bounding box)."""
     u, v = np.float64(params[i, P_U]), np.float64(params[i, P_V])
@@ -317,7 +350,7 @@ def _band_span(params, i, y_lo, y_hi):
     return lo, hi
 
 
-@nb.njit(cache=True)
+@_jit()
 def _depth_order(params, rects):
     """Indices of the visible Gaussians, front to back (stable: ties keep index order).
 
@@ -357,7 +390,7 @@ def _depth_order(params, rects):
     return order
 
 
-@nb.njit(cache=True, inline="always")
+@_jit(inline="always")
 def _tile_columns(params, i, x0, x1, y0, y1, ty):
     """First and last tile column where Gaussian i's ellipse meets tile row ``ty`` (empty: last < first)."""
     if y0 // TILE == y1 // TILE:  # one tile row: the band holds the whole ellipse
@@ -370,7 +403,7 @@ def _tile_columns(params, i, x0, x1, y0, y1, ty):
     return xa // TILE, xb // TILE
 
 
-@nb.njit(cache=True)
+@_jit()
 def _gather(params, rects, order):
     """The records of the Gaussians ``order``, in that order."""
     m = order.shape[0]
@@ -385,7 +418,7 @@ def _gather(params, rects, order):
     return params_out, rects_out
 
 
-@nb.njit(cache=True)
+@_jit()
 def _bin(params, rects, tiles_x, tiles_y):
     """Per-tile lists of indices of depth-sorted Gaussians, front to back: (start [tiles+1], indices).
 
@@ -425,7 +458,7 @@ def _bin(params, rects, tiles_x, tiles_y):
     return start, indices
 
 
-@nb.njit(cache=True, fastmath=True, inline="always")
+@_jit(fastmath=True, inline="always")
 def _exp_neg(x):
     """exp(x) for x in [-6, 0] in float32, branch-free so that pixel rows vectorise.
 
@@ -456,7 +489,7 @@ _PIX = TILE * TILE
 _B_T, _B_R, _B_G, _B_B, _B_Z = (k * _PIX for k in range(5))
 
 
-@nb.njit(parallel=True, cache=True, fastmath=True)
+@_jit(parallel=True, fastmath=True)
 def _composite(params, tile_start, tile_list, width, height, tiles_x, bg, rgb, depth, alpha_out):
     n_tiles = tile_start.shape[0] - 1
     for tile in nb.prange(n_tiles):

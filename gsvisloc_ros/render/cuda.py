@@ -40,12 +40,16 @@ def render(
     *,
     background=(0.0, 0.0, 0.0),
     near: float = 0.01,
+    device: str = "cuda",
 ) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
-    """Render (rgb [H,W,3], depth [H,W], alpha [H,W]) as float32; see :func:`gsvisloc_ros.render.render`."""
+    """Render (rgb [H,W,3], depth [H,W], alpha [H,W]) as float32; see :func:`gsvisloc_ros.render.render`.
+
+    ``device`` is the torch device gsplat runs on (always CUDA in use; tests pass a fake gsplat).
+    """
     import torch
     from gsplat import rasterization
 
-    device = torch.device("cuda")
+    device = torch.device(device)
     means, quats, scales, opacities, sh = _map_tensors(gmap, device)
     K = camera.K.copy()
     K[0, 2] += 0.5
