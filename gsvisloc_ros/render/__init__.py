@@ -33,6 +33,7 @@ __all__ = [
     "BackendUnavailableError",
     "RenderResult",
     "available_backends",
+    "cuda_available",
     "render",
     "resolve_backend",
 ]
@@ -48,7 +49,8 @@ class RenderResult:
 
     * ``rgb``: float32 [H, W, 3] in [0, 1], composited over the background.
     * ``depth``: float32 [H, W], camera z (not ray length) in map units: the expected depth
-      normalised by alpha, ``sum(w_i z_i) / sum(w_i)``; 0 where nothing was drawn.
+      normalised by alpha, ``sum(w_i z_i) / sum(w_i)``; 0 where nothing was drawn. Faint pixels
+      (a lone translucent floater) have a depth too: mask with ``alpha`` (e.g. > 0.5) for surfaces.
     * ``alpha``: float32 [H, W], accumulated opacity ``1 - T`` in [0, 1].
     * ``backend``: the backend that made it (``"cpu"``, ``"cuda"`` or ``"reference"``).
     """
