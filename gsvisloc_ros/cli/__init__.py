@@ -15,6 +15,8 @@ import sys
 COMMANDS = {
     "info": "summarise a 3DGS map",
     "render": "render a map from a camera pose",
+    "encode": "encode a map into landmarks for localization (cached)",
+    "localize": "estimate the camera pose of images against a map",
     "benchmark": "time and score the pipeline's stages",
 }
 

@@ -1,0 +1,48 @@
+"""``gsvisloc encode MAP``: build (or reuse) the cached scene encoding of a map and report its cost."""
+
+from __future__ import annotations
+
+import argparse
+import json
+import time
+
+from gsvisloc_ros.cli import COMMANDS
+
+
+def register(subparsers: argparse._SubParsersAction) -> None:
+    parser = subparsers.add_parser("encode", help=COMMANDS["encode"], description=__doc__.splitlines()[0])
+    parser.add_argument("map", metavar="MAP", help="a 3DGS map file (.ply or .splat)")
+    parser.add_argument("--encoder", default="xfeat", choices=("xfeat", "sift"), help="2D encoder (default: xfeat)")
+    parser.add_argument("--device", default="auto", help="torch device: auto, cpu or cuda (default: auto)")
+    parser.add_argument("--cache-dir", help="where encoded scenes are cached (default: ~/.cache/gsvisloc)")
+    parser.add_argument("--force", action="store_true", help="encode again even when a cached encoding exists")
+    parser.add_argument("--json", action="store_true", help="print the report as JSON")
+    parser.set_defaults(func=run)
+
+
+def run(args: argparse.Namespace) -> int:
+    from gsvisloc_ros.features import make_encoder
+    from gsvisloc_ros.io import load_map
+    from gsvisloc_ros.localizer import LocalizerConfig
+    from gsvisloc_ros.scene import cache_path, load_or_encode
+
+    config = LocalizerConfig(encoder=args.encoder, device=args.device, cache_dir=args.cache_dir)
+    gmap = load_map(args.map)
+    encoder = make_encoder(config.encoder, config.device, top_k=config.scene.keypoints_per_view)
+    path = cache_path(gmap, encoder.name, config.scene, args.cache_dir)
+    if args.force and path.exists():
+        path.unlink()
+    cached = path.exists()
+    start = time.perf_counter()
+    scene = load_or_encode(gmap, encoder, config.scene, args.cache_dir)
+    seconds = time.perf_counter() - start
+    report = {"map": str(args.map), "gaussians": len(gmap), "cache": str(path), "from_cache": cached,
+              "seconds": round(seconds, 2), "landmarks": len(scene), "virtual_images": len(scene.image_view),
+              "layout": scene.geometry.layout,
+              **{f"encoding_{k}": v for k, v in scene.stats.items()}}
+    if args.json:
+        print(json.dumps(report))
+    else:
+        print(f"{'loaded' if cached else 'encoded'} {args.map} in {seconds:.1f} s: {len(scene)} landmarks from "
+              f"{len(scene.image_view)} virtual images ({scene.geometry.layout} layout)\ncache: {path}")
+    return 0

@@ -1,0 +1,320 @@
+"""The localization pipeline: a 3DGS map and a query image -> a trusted camera pose, or a reason.
+
+Stages (timed one by one in :attr:`LocalizationResult.timings_ms`):
+
+1. ``features``: the 2D encoder on the query (keypoints + descriptors).
+2. ``retrieval``: the virtual views of the encoded scene most like the query (VLAD), or with a
+   prior pose the views closest to it.
+3. ``matching``: query descriptors against the lifted keypoints of those views (mutual nearest
+   neighbours); when that gives no pose, against all landmarks (global fallback).
+4. ``pnp``: PnP + LO-RANSAC on the 3D-2D matches: the coarse pose.
+5. ``refinement``: render the map at the estimate, match the query against the render, lift the
+   render's keypoints with its depth and solve again; repeated while it improves.
+6. ``decision``: the refined estimate is accepted only when inliers, inlier ratio and
+   reprojection error pass :class:`~gsvisloc_ros.pose.PoseAcceptance`.
+"""
+
+from __future__ import annotations
+
+import json
+import logging
+import threading
+import time
+from dataclasses import dataclass, field
+from pathlib import Path
+
+import numpy as np
+
+from gsvisloc_ros.camera import PinholeCamera, invert_pose, pose_errors
+from gsvisloc_ros.features import check_image, make_encoder
+from gsvisloc_ros.gaussians import GaussianMap
+from gsvisloc_ros.matching import MatchingConfig, match_descriptors
+from gsvisloc_ros.pose import PnPConfig, PoseAcceptance, PoseEstimate, estimate_pose
+from gsvisloc_ros.render import render
+from gsvisloc_ros.retrieval import rank, vlad
+from gsvisloc_ros.scene import EncodedScene, SceneConfig, lift_keypoints, load_or_encode
+
+log = logging.getLogger(__name__)
+
+
+@dataclass
+class LocalizerConfig:
+    """Every setting of the pipeline, one small config per stage.
+
+    Attributes:
+        encoder: 2D encoder name (``"xfeat"`` or ``"sift"``).
+        device: torch device (``"auto"``: CUDA when present).
+        query_keypoints: keypoints extracted from the query.
+        retrieval_shortlist: virtual images retrieved by VLAD, then re-ranked by close descriptor matches.
+        rerank_similarity: cosine similarity that counts as a close match when re-ranking.
+        retrieval_views: best re-ranked virtual images whose keypoints the query is matched against.
+        view_matching: matcher settings for query vs virtual views and vs renders.
+        landmark_matching: matcher settings for the global fallback against all landmarks.
+        coarse_pnp: PnP settings on matches to stored views (landmark positions are approximate).
+        refine_pnp: PnP settings on matches to renders at the estimate (exact depth).
+        refine_iterations: maximum render-and-match rounds.
+        refine_max_shift: matches to the render that moved more than this fraction of the image
+            diagonal are dropped (the render is taken at a nearby pose).
+        min_coarse_inliers: a coarse pose with fewer inliers is not refined.
+        max_refinements: coarse hypotheses (distinct poses, most inliers first) refined before giving up.
+        acceptance: thresholds a pose must pass to be returned as a success.
+        scene: how the map is encoded.
+        cache_dir: where encoded scenes are cached (``None``: the default cache directory).
+    """
+
+    encoder: str = "xfeat"
+    device: str = "auto"
+    query_keypoints: int = 2048
+    retrieval_shortlist: int = 32
+    rerank_similarity: float = 0.8
+    retrieval_views: int = 4
+    view_matching: MatchingConfig = field(default_factory=lambda: MatchingConfig(min_similarity=0.6))
+    landmark_matching: MatchingConfig = field(default_factory=lambda: MatchingConfig(min_similarity=0.75))
+    coarse_pnp: PnPConfig = field(default_factory=lambda: PnPConfig(max_reproj_error=8.0, compute_covariance=False))
+    refine_pnp: PnPConfig = field(default_factory=lambda: PnPConfig(max_reproj_error=2.0))
+    refine_iterations: int = 3
+    refine_max_shift: float = 0.1
+    min_coarse_inliers: int = 12
+    max_refinements: int = 2
+    acceptance: PoseAcceptance = field(default_factory=lambda: PoseAcceptance(min_inliers=40, min_inlier_ratio=0.25,
+                                                                              max_rmse_px=2.0))
+    scene: SceneConfig = field(default_factory=SceneConfig)
+    cache_dir: str | None = None
+
+    def __post_init__(self) -> None:
+        if self.query_keypoints < 16:
+            raise ValueError(f"query_keypoints must be >= 16, got {self.query_keypoints}")
+        if self.retrieval_views < 1 or self.refine_iterations < 0:
+            raise ValueError("retrieval_views must be >= 1 and refine_iterations >= 0")
+        if not 0 < self.refine_max_shift <= 1:
+            raise ValueError(f"refine_max_shift must be in (0, 1], got {self.refine_max_shift}")
+
+
+@dataclass
+class LocalizationResult:
+    """The outcome of one query. ``success`` False: ``T_world_camera`` is None and ``failure_reason`` says why."""
+
+    success: bool
+    T_world_camera: np.ndarray | None = None
+    covariance: np.ndarray | None = None
+    num_matches: int = 0
+    num_inliers: int = 0
+    reprojection_rmse_px: float = float("inf")
+    failure_reason: str = ""
+    timings_ms: dict = field(default_factory=dict)
+    coarse_source: str = ""  # "views", "prior views" or "landmarks"
+
+    def to_dict(self) -> dict:
+        """JSON-ready dict with the keys of ``gsvisloc localize --json``."""
+        def listed(a):
+            return None if a is None else np.asarray(a, dtype=float).tolist()
+
+        return {
+            "success": self.success,
+            "T_world_camera": listed(self.T_world_camera),
+            "num_matches": self.num_matches,
+            "num_inliers": self.num_inliers,
+            "reprojection_rmse_px": None if not np.isfinite(self.reprojection_rmse_px) else self.reprojection_rmse_px,
+            "covariance": listed(self.covariance),
+            "failure_reason": self.failure_reason or None,
+            "timings_ms": {k: round(v, 1) for k, v in self.timings_ms.items()},
+        }
+
+    def to_json(self) -> str:
+        return json.dumps(self.to_dict())
+
+
+class _Timer:
+    def __init__(self) -> None:
+        self.ms: dict[str, float] = {}
+        self._start = time.perf_counter()
+
+    def lap(self, stage: str) -> None:
+        now = time.perf_counter()
+        self.ms[stage] = self.ms.get(stage, 0.0) + 1000.0 * (now - self._start)
+        self._start = now
+
+
+class Localizer:
+    """Load a map once, then :meth:`localize` query images against it (thread-safe)."""
+
+    def __init__(self, gmap: GaussianMap, config: LocalizerConfig | None = None, progress: bool = True) -> None:
+        self.config = config or LocalizerConfig()
+        self.map = gmap
+        self.encoder = make_encoder(self.config.encoder, self.config.device, top_k=self.config.query_keypoints)
+        self.scene: EncodedScene = load_or_encode(
+            gmap, self.encoder, self.config.scene,
+            Path(self.config.cache_dir) if self.config.cache_dir else None, progress=progress,
+        )
+        self._lock = threading.Lock()
+
+    @classmethod
+    def from_file(cls, path: str | Path, config: LocalizerConfig | None = None, progress: bool = True) -> Localizer:
+        from gsvisloc_ros.io import load_map
+
+        return cls(load_map(path), config, progress)
+
+    # ------------------------------------------------------------------ public API
+
+    def localize(self, image: np.ndarray, camera: PinholeCamera, prior: np.ndarray | None = None) -> LocalizationResult:
+        """Pose of the camera that took ``image`` (uint8 RGB or grey), with intrinsics ``camera``.
+
+        ``prior``: an optional T_world_camera guess; the search starts from the virtual views
+        nearest to it. Bad input gives a failed result with the reason, never an exception.
+        """
+        problem = self._check_input(image, camera, prior)
+        if problem:
+            return LocalizationResult(False, failure_reason=problem)
+        with self._lock:
+            return self._localize(image, camera, prior)
+
+    # ------------------------------------------------------------------ stages
+
+    @staticmethod
+    def _check_input(image, camera, prior) -> str:
+        try:
+            check_image(image)
+        except ValueError as exc:
+            return f"bad image: {exc}"
+        if not isinstance(camera, PinholeCamera):
+            return f"bad camera: expected a PinholeCamera, got {type(camera).__name__}"
+        h, w = image.shape[:2]
+        if camera.size != (w, h):
+            return f"bad camera: intrinsics are for {camera.width}x{camera.height}, the image is {w}x{h}"
+        if prior is not None:
+            prior = np.asarray(prior, dtype=float)
+            if prior.shape != (4, 4) or not np.all(np.isfinite(prior)):
+                return "bad prior: expected a finite 4x4 T_world_camera"
+        return ""
+
+    def _localize(self, image, camera, prior) -> LocalizationResult:
+        cfg = self.config
+        timer = _Timer()
+        query = self.encoder.extract(image)
+        timer.lap("features")
+        if len(query) < cfg.acceptance.min_inliers:
+            return LocalizationResult(False, failure_reason=f"too few keypoints in the image: {len(query)}",
+                                      timings_ms=timer.ms)
+
+        source = "prior views" if prior is not None else "views"
+        if prior is not None:
+            images = self._nearest_images(prior, cfg.retrieval_views)
+        else:
+            shortlist = rank(vlad(query.descriptors, self.scene.vocabulary), self.scene.image_vlad,
+                             cfg.retrieval_shortlist)[0]
+            images = self._rerank(query.descriptors, shortlist)[: cfg.retrieval_views]
+        timer.lap("retrieval")
+        hypotheses = self._coarse_from_images(query, camera, images, timer)
+        if not hypotheses or hypotheses[0].num_inliers < cfg.min_coarse_inliers:
+            hypotheses = [self._coarse_from_landmarks(query, camera, timer)] + hypotheses
+            source = "landmarks"
+        hypotheses = [h for h in hypotheses if h.success and h.num_inliers >= cfg.min_coarse_inliers]
+        if not hypotheses:
+            return LocalizationResult(False, failure_reason="no coarse pose: too few consistent matches",
+                                      timings_ms=timer.ms, coarse_source=source)
+
+        refined: list[np.ndarray] = []
+        for coarse in hypotheses:
+            if len(refined) == cfg.max_refinements:
+                break
+            if any(self._same_pose(coarse.T_world_camera, T) for T in refined):
+                continue
+            refined.append(coarse.T_world_camera)
+            estimate = self._refine(query, camera, coarse.T_world_camera)
+            timer.lap("refinement")
+            ok, reason = cfg.acceptance.check(estimate)
+            if ok:
+                break
+        timer.lap("decision")
+        result = LocalizationResult(
+            ok, estimate.T_world_camera if ok else None, estimate.covariance if ok else None,
+            estimate.num_matches, estimate.num_inliers, estimate.rmse_px,
+            "" if ok else f"rejected: {reason}", timer.ms, source,
+        )
+        log.debug("localized: %s (%s), %d/%d inliers", ok, reason, estimate.num_inliers, estimate.num_matches)
+        return result
+
+    def _same_pose(self, T_a: np.ndarray, T_b: np.ndarray) -> bool:
+        """Whether two poses are close enough that refining both would repeat the same work."""
+        distance, angle = pose_errors(T_a, T_b)
+        return distance < 0.05 * self.scene.geometry.typical_distance and angle < 5.0
+
+    def _nearest_images(self, prior: np.ndarray, count: int) -> np.ndarray:
+        """Virtual images whose view is closest to the prior pose (position, direction and roll)."""
+        poses = self.scene.view_poses[self.scene.image_view]
+        scale = self.scene.geometry.typical_distance
+        position = np.linalg.norm(poses[:, :3, 3] - prior[:3, 3], axis=1) / scale
+        direction = 1.0 - poses[:, :3, 2] @ prior[:3, 2]
+        # The prior's image-down axis seen in each virtual image rotated by its roll.
+        turns = self.scene.image_roll.astype(float) * (np.pi / 2)
+        down = poses[:, :3, 1] * np.cos(turns)[:, None] - poses[:, :3, 0] * np.sin(turns)[:, None]
+        roll = 1.0 - down @ prior[:3, 1]
+        return np.argsort(position + direction + roll)[:count]
+
+    def _rerank(self, descriptors: np.ndarray, images: np.ndarray) -> np.ndarray:
+        """``images`` sorted by how many query descriptors find a close match among their keypoints."""
+        import torch
+
+        query = torch.as_tensor(descriptors)
+        votes = []
+        with torch.inference_mode():
+            for i in images:
+                keypoints = torch.as_tensor(self.scene.obs_descriptors[self.scene.image_observations(int(i))])
+                best = (query @ keypoints.float().T).amax(dim=1) if len(keypoints) else torch.zeros(0)
+                votes.append(int((best > self.config.rerank_similarity).sum()))
+        return np.asarray(images)[np.argsort(-np.asarray(votes), kind="stable")]
+
+    def _coarse_from_images(self, query, camera, images, timer: _Timer) -> list[PoseEstimate]:
+        """One PnP hypothesis per virtual image from matches to its stored keypoints, best first."""
+        matched = []
+        for i in images:
+            rows = self.scene.image_observations(int(i))
+            matches = match_descriptors(query.descriptors, self.scene.obs_descriptors[rows].astype(np.float32),
+                                        None, self.config.view_matching)
+            matched.append((query.keypoints[matches.query_idx], self.scene.obs_points[rows][matches.landmark_idx]))
+        timer.lap("matching")
+        hypotheses = [estimate_pose(p3, p2, camera, self.config.coarse_pnp) for p2, p3 in matched]
+        timer.lap("pnp")
+        return sorted(hypotheses, key=lambda h: -h.num_inliers)
+
+    def _coarse_from_landmarks(self, query, camera, timer: _Timer) -> PoseEstimate:
+        """PnP on matches between the query and every landmark (slower; when retrieval fails)."""
+        matches = match_descriptors(query.descriptors, self.scene.descriptors, None, self.config.landmark_matching)
+        timer.lap("matching")
+        estimate = estimate_pose(self.scene.points[matches.landmark_idx], query.keypoints[matches.query_idx],
+                                 camera, self.config.coarse_pnp)
+        timer.lap("pnp")
+        return estimate
+
+    def _refine(self, query, camera: PinholeCamera, T_world_camera: np.ndarray) -> PoseEstimate:
+        """Render-and-match rounds from ``T_world_camera`` until the pose stops moving.
+
+        Each round renders the map at the current estimate, matches the query against the render,
+        lifts the render's keypoints with its depth and solves PnP. The depth of a render is exact
+        only near the pose it was taken from, so the last round (rendered closest to its result)
+        is returned, unless a round loses most of its inliers (a diverging estimate), in which
+        case the round before it is.
+        """
+        cfg = self.config
+        previous: PoseEstimate | None = None
+        T = T_world_camera
+        max_shift = cfg.refine_max_shift * float(np.hypot(*camera.size))
+        near = 0.01 * self.scene.geometry.radius
+        for _ in range(max(1, cfg.refine_iterations)):
+            rendered = render(self.map, camera, invert_pose(T), near=near)
+            features = self.encoder.extract(rendered.rgb_u8)
+            matches = match_descriptors(query.descriptors, features.descriptors, None, cfg.view_matching)
+            uv_query = query.keypoints[matches.query_idx]
+            uv_render = features.keypoints[matches.landmark_idx]
+            close = np.linalg.norm(uv_query - uv_render, axis=1) < max_shift
+            points, keep = lift_keypoints(uv_render[close], rendered.depth, rendered.alpha, camera, T,
+                                          cfg.scene.min_alpha, cfg.scene.max_depth_step)
+            estimate = estimate_pose(points, uv_query[close][keep], camera, cfg.refine_pnp, T_world_camera_init=T)
+            if not estimate.success or (previous is not None and estimate.num_inliers < 0.5 * previous.num_inliers):
+                return previous if previous is not None else estimate
+            previous = estimate
+            moved, turned = pose_errors(estimate.T_world_camera, T)
+            T = estimate.T_world_camera
+            if moved < 1e-3 * self.scene.geometry.typical_distance and turned < 0.05:
+                break
+        return previous

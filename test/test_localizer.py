@@ -1,0 +1,85 @@
+"""The localizer end to end: a map and a query image in, a trusted pose (or a reason) out."""
+
+from __future__ import annotations
+
+import json
+
+import numpy as np
+import pytest
+
+from gsvisloc_ros.camera import PinholeCamera, invert_pose, look_at, pose_errors
+from gsvisloc_ros.localizer import Localizer, LocalizerConfig
+from gsvisloc_ros.render import render
+from gsvisloc_ros.scene import SceneConfig
+from gsvisloc_ros.synthetic import make_scene
+
+CAMERA = PinholeCamera(400.0, 400.0, 319.5, 239.5, 640, 480)
+# Fewer virtual views than the default keep the test quick; the scene is small and textured.
+FAST = SceneConfig(view_directions=24, distance_factors=(0.7, 1.2), image_size=(384, 288), keypoints_per_view=512)
+
+
+@pytest.fixture(scope="module")
+def tabletop_localizer(tmp_path_factory):
+    gmap = make_scene("tabletop", seed=7)
+    return Localizer(gmap, LocalizerConfig(scene=FAST, cache_dir=str(tmp_path_factory.mktemp("cache"))),
+                     progress=False)
+
+
+def _query(localizer, eye, target, roll_deg=0.0):
+    T = look_at(eye, target, up=(0, 0, 1))
+    c, s = np.cos(np.radians(roll_deg)), np.sin(np.radians(roll_deg))
+    T[:3, :3] = T[:3, :3] @ np.array([[c, -s, 0], [s, c, 0], [0, 0, 1]])
+    return render(localizer.map, CAMERA, invert_pose(T)).rgb_u8, T
+
+
+@pytest.mark.parametrize("eye,target,roll", [
+    ((0.9, 0.5, 0.6), (0.0, 0.0, 0.1), 0.0),
+    ((-0.7, 0.6, 0.35), (0.1, -0.1, 0.05), 12.0),
+    ((0.2, -0.8, 0.8), (0.0, 0.1, 0.0), -100.0),  # upside-down-ish: covered by the roll buckets
+])
+def test_views_between_the_virtual_ones_are_localized_accurately(tabletop_localizer, eye, target, roll):
+    image, T_true = _query(tabletop_localizer, eye, target, roll)
+    result = tabletop_localizer.localize(image, CAMERA)
+    assert result.success, result.failure_reason
+    dt, dr = pose_errors(result.T_world_camera, T_true)
+    assert dt < 0.01 and dr < 0.5, (dt, dr)
+    assert result.covariance.shape == (6, 6) and np.all(np.linalg.eigvalsh(result.covariance) > 0)
+    assert set(result.timings_ms) >= {"features", "retrieval", "matching", "pnp", "refinement"}
+    json.loads(result.to_json())  # serialisable as the CLI prints it
+
+
+def test_a_prior_pose_narrows_the_search(tabletop_localizer):
+    image, T_true = _query(tabletop_localizer, (0.8, -0.4, 0.5), (0.0, 0.0, 0.1))
+    prior = T_true.copy()
+    prior[:3, 3] += [0.03, -0.02, 0.01]
+    result = tabletop_localizer.localize(image, CAMERA, prior=prior)
+    assert result.success and result.coarse_source == "prior views"
+    assert pose_errors(result.T_world_camera, T_true)[0] < 0.01
+
+
+def test_images_that_do_not_show_the_map_give_no_pose(tabletop_localizer):
+    rng = np.random.default_rng(0)
+    noise = rng.integers(0, 255, (480, 640, 3), dtype=np.uint8)
+    other = make_scene("room", seed=2)
+    elsewhere = render(other, CAMERA, invert_pose(look_at((1.0, 0.5, 1.2), (-2.0, -1.0, 1.0), (0, 0, 1)))).rgb_u8
+    for image in (noise, elsewhere, np.zeros((480, 640, 3), np.uint8)):
+        result = tabletop_localizer.localize(image, CAMERA)
+        assert not result.success and result.T_world_camera is None and result.failure_reason
+
+
+@pytest.mark.parametrize("image,camera,why", [
+    (np.zeros((0, 0, 3), np.uint8), CAMERA, "bad image"),
+    (np.zeros((1, 1, 3), np.uint8), CAMERA, "bad image"),
+    (np.zeros((480, 640, 3), np.float64), CAMERA, "bad image"),
+    (np.zeros((480, 640, 3), np.uint8), PinholeCamera(400, 400, 10, 10, 320, 240), "bad camera"),
+    (np.zeros((480, 640, 3), np.uint8), (400, 400, 320, 240), "bad camera"),
+])
+def test_bad_input_gives_a_failed_result_not_an_exception(tabletop_localizer, image, camera, why):
+    result = tabletop_localizer.localize(image, camera)
+    assert not result.success and result.failure_reason.startswith(why)
+
+
+def test_bad_prior_is_refused(tabletop_localizer):
+    image, _ = _query(tabletop_localizer, (0.9, 0.5, 0.6), (0.0, 0.0, 0.1))
+    result = tabletop_localizer.localize(image, CAMERA, prior=np.full((4, 4), np.nan))
+    assert not result.success and "prior" in result.failure_reason

@@ -1,0 +1,121 @@
+"""Scene encoding: keypoint roll bookkeeping, lifting, fusing, retrieval and the on-disk cache."""
+
+from __future__ import annotations
+
+import numpy as np
+import pytest
+
+from gsvisloc_ros.camera import PinholeCamera, invert_pose, look_at
+from gsvisloc_ros.features import make_encoder
+from gsvisloc_ros.render import render
+from gsvisloc_ros.retrieval import rank, train_vocabulary, vlad
+from gsvisloc_ros.scene import (
+    EncodedScene,
+    SceneConfig,
+    analyse_geometry,
+    cache_path,
+    fuse_landmarks,
+    lift_keypoints,
+    load_or_encode,
+    rotate_keypoints_back,
+    virtual_views,
+)
+from gsvisloc_ros.synthetic import make_scene
+
+SMALL = SceneConfig(view_directions=8, distance_factors=(1.0,), image_size=(256, 192), keypoints_per_view=256,
+                    landmarks_per_roll=2000, vocabulary_words=16)
+
+
+@pytest.mark.parametrize("turns", [0, 1, 2, 3])
+def test_rotated_keypoints_map_back_to_the_same_pixel(turns):
+    rng = np.random.default_rng(turns)
+    image = rng.integers(0, 255, (6, 9), dtype=np.uint8)
+    rotated = np.rot90(image, turns)
+    rows, cols = np.meshgrid(np.arange(rotated.shape[0]), np.arange(rotated.shape[1]), indexing="ij")
+    uv_rotated = np.stack([cols.ravel(), rows.ravel()], axis=1).astype(float)
+    uv = rotate_keypoints_back(uv_rotated, turns, width=9, height=6).astype(int)
+    assert np.array_equal(image[uv[:, 1], uv[:, 0]], rotated[rows.ravel(), cols.ravel()])
+
+
+def test_lifted_keypoints_lie_on_the_rendered_surface():
+    # A flat textured floor at z = 0 seen from above: every lifted point must have z ~ 0.
+    gmap = make_scene("room", seed=3, detail=0.5)
+    floor = gmap.subset(np.abs(gmap.means[:, 2]) < 1e-3)
+    camera = PinholeCamera(200, 200, 127.5, 95.5, 256, 192)
+    T = look_at([0.2, 0.1, 1.5], [0.0, 0.0, 0.0], up=(0, 1, 0))
+    result = render(floor, camera, invert_pose(T))
+    uv = np.stack(np.meshgrid(np.arange(20.0, 230, 17), np.arange(20.0, 170, 13)), axis=-1).reshape(-1, 2)
+    points, keep = lift_keypoints(uv, result.depth, result.alpha, camera, T, 0.95, 0.05)
+    assert keep.mean() > 0.9
+    assert np.max(np.abs(points[:, 2])) < 0.01
+
+
+def test_fusing_hits_the_target_and_keeps_unit_descriptors():
+    rng = np.random.default_rng(0)
+    centres = rng.uniform(-1, 1, (500, 3))
+    points = np.repeat(centres, 4, axis=0) + rng.normal(0, 1e-4, (2000, 3))
+    descriptors = rng.normal(size=(2000, 8)).astype(np.float32)
+    descriptors /= np.linalg.norm(descriptors, axis=1, keepdims=True)
+    fused_points, fused_desc, counts, size = fuse_landmarks(points, descriptors, target=500)
+    assert 450 <= len(fused_points) <= 500
+    assert counts.sum() == 2000
+    assert np.allclose(np.linalg.norm(fused_desc, axis=1), 1.0, atol=1e-5)
+    assert size > 0
+
+
+def test_vlad_retrieves_the_image_it_was_made_from():
+    rng = np.random.default_rng(1)
+    images = [rng.normal(size=(300, 16)).astype(np.float32) for _ in range(20)]
+    images = [d / np.linalg.norm(d, axis=1, keepdims=True) for d in images]
+    vocabulary = train_vocabulary(np.concatenate(images), words=8)
+    database = np.stack([vlad(d, vocabulary) for d in images])
+    for i in (0, 7, 19):
+        noisy = images[i][:200] + rng.normal(0, 0.05, (200, 16)).astype(np.float32)
+        best, _ = rank(vlad(noisy / np.linalg.norm(noisy, axis=1, keepdims=True), vocabulary), database, 3)
+        assert best[0] == i
+
+
+def test_virtual_views_stay_outside_objects_and_inside_rooms():
+    config = SceneConfig(view_directions=12)
+    room = make_scene("room", detail=0.5)  # walls at x = +-2, y = +-1.5, z = 0 and 2.5
+    assert analyse_geometry(room, config).layout == "inside_out"
+    views = np.array([T[:3, 3] for T in virtual_views(room, analyse_geometry(room, config), config)])
+    assert len(views) >= 12
+    assert np.all(np.abs(views[:, 0]) < 2) and np.all(np.abs(views[:, 1]) < 1.5)
+    assert np.all((views[:, 2] > 0) & (views[:, 2] < 2.5))
+    table = make_scene("tabletop", detail=0.5)  # objects within 0.6 m of the centre, backdrop at 2 m
+    geometry = analyse_geometry(table, config)
+    assert geometry.layout == "object"
+    views = np.array([T[:3, 3] for T in virtual_views(table, geometry, config)])
+    distance = np.linalg.norm(views - geometry.centre, axis=1)
+    assert np.all(distance < 2.0) and np.median(distance) > 0.5
+
+
+@pytest.fixture(scope="module")
+def encoder():
+    return make_encoder("xfeat", "cpu", top_k=SMALL.keypoints_per_view)
+
+
+def test_encoding_is_cached_and_a_corrupt_cache_is_rebuilt(tmp_path, encoder):
+    gmap = make_scene("tabletop", seed=1, detail=0.5)
+    scene = load_or_encode(gmap, encoder, SMALL, tmp_path, progress=False)
+    path = cache_path(gmap, encoder.name, SMALL, tmp_path)
+    assert path.is_file() and len(scene) > 500
+    # Landmarks sit on the map's surfaces: each is close to some Gaussian centre.
+    from scipy.spatial import cKDTree
+
+    distance, _ = cKDTree(gmap.means).query(scene.points)
+    assert np.median(distance) < 0.01
+    again = load_or_encode(gmap, encoder, SMALL, tmp_path, progress=False)
+    assert np.array_equal(again.points, scene.points) and again.stats == scene.stats
+    path.write_bytes(b"not an npz file")
+    rebuilt = load_or_encode(gmap, encoder, SMALL, tmp_path, progress=False)
+    assert len(rebuilt) == len(scene)
+    assert isinstance(EncodedScene.load(path), EncodedScene)
+
+
+def test_a_map_without_opaque_gaussians_is_refused(encoder, tmp_path):
+    gmap = make_scene("tabletop", seed=1, detail=0.3)
+    gmap.opacities[:] = 0.01
+    with pytest.raises(ValueError, match="opacity"):
+        load_or_encode(gmap, encoder, SMALL, tmp_path, progress=False)
