@@ -27,6 +27,7 @@ import numpy as np
 
 from gsvisloc_ros.camera import PinholeCamera, invert_pose, pose_errors
 from gsvisloc_ros.features import check_image, make_encoder
+from gsvisloc_ros.fine_matching import FineMatchingConfig, refine_matches
 from gsvisloc_ros.gaussians import GaussianMap
 from gsvisloc_ros.matching import MatchingConfig, match_descriptors
 from gsvisloc_ros.pose import PnPConfig, PoseAcceptance, PoseEstimate, estimate_pose
@@ -52,9 +53,12 @@ class LocalizerConfig:
         landmark_matching: matcher settings for the global fallback against all landmarks.
         coarse_pnp: PnP settings on matches to stored views (landmark positions are approximate).
         refine_pnp: PnP settings on matches to renders at the estimate (exact depth).
-        refine_iterations: maximum render-and-match rounds.
+        refine_iterations: maximum render-and-match rounds; 0 returns the coarse pose unrefined
+            (judged by the same acceptance thresholds, so loosen ``max_rmse_px`` to use it).
         refine_max_shift: matches to the render that moved more than this fraction of the image
             diagonal are dropped (the render is taken at a nearby pose).
+        fine_matching: sub-pixel re-measurement of the matches to the render (``None``: keypoint
+            positions as detected, which biases the refinement towards the rendered pose).
         min_coarse_inliers: a coarse pose with fewer inliers is not refined.
         max_refinements: coarse hypotheses (distinct poses, most inliers first) refined before giving up.
         acceptance: thresholds a pose must pass to be returned as a success.
@@ -74,6 +78,7 @@ class LocalizerConfig:
     refine_pnp: PnPConfig = field(default_factory=lambda: PnPConfig(max_reproj_error=2.0))
     refine_iterations: int = 3
     refine_max_shift: float = 0.1
+    fine_matching: FineMatchingConfig | None = field(default_factory=FineMatchingConfig)
     min_coarse_inliers: int = 12
     max_refinements: int = 2
     acceptance: PoseAcceptance = field(default_factory=lambda: PoseAcceptance(min_inliers=40, min_inlier_ratio=0.25,
@@ -220,7 +225,7 @@ class Localizer:
             if any(self._same_pose(coarse.T_world_camera, T) for T in refined):
                 continue
             refined.append(coarse.T_world_camera)
-            estimate = self._refine(query, camera, coarse.T_world_camera)
+            estimate = self._refine(image, query, camera, coarse.T_world_camera) if cfg.refine_iterations else coarse
             timer.lap("refinement")
             ok, reason = cfg.acceptance.check(estimate)
             if ok:
@@ -286,7 +291,7 @@ class Localizer:
         timer.lap("pnp")
         return estimate
 
-    def _refine(self, query, camera: PinholeCamera, T_world_camera: np.ndarray) -> PoseEstimate:
+    def _refine(self, image, query, camera: PinholeCamera, T_world_camera: np.ndarray) -> PoseEstimate:
         """Render-and-match rounds from ``T_world_camera`` until the pose stops moving.
 
         Each round renders the map at the current estimate, matches the query against the render,
@@ -300,16 +305,21 @@ class Localizer:
         T = T_world_camera
         max_shift = cfg.refine_max_shift * float(np.hypot(*camera.size))
         near = 0.01 * self.scene.geometry.radius
-        for _ in range(max(1, cfg.refine_iterations)):
+        for _ in range(cfg.refine_iterations):
             rendered = render(self.map, camera, invert_pose(T), near=near)
             features = self.encoder.extract(rendered.rgb_u8)
             matches = match_descriptors(query.descriptors, features.descriptors, None, cfg.view_matching)
             uv_query = query.keypoints[matches.query_idx]
             uv_render = features.keypoints[matches.landmark_idx]
             close = np.linalg.norm(uv_query - uv_render, axis=1) < max_shift
-            points, keep = lift_keypoints(uv_render[close], rendered.depth, rendered.alpha, camera, T,
+            uv_render, uv_query = uv_render[close], uv_query[close]
+            if cfg.fine_matching is not None:
+                uv_render, uv_query, fine = refine_matches(rendered.rgb_u8, uv_render, image, uv_query,
+                                                           cfg.fine_matching)
+                uv_render, uv_query = uv_render[fine], uv_query[fine]
+            points, keep = lift_keypoints(uv_render, rendered.depth, rendered.alpha, camera, T,
                                           cfg.scene.min_alpha, cfg.scene.max_depth_step)
-            estimate = estimate_pose(points, uv_query[close][keep], camera, cfg.refine_pnp, T_world_camera_init=T)
+            estimate = estimate_pose(points, uv_query[keep], camera, cfg.refine_pnp, T_world_camera_init=T)
             if not estimate.success or (previous is not None and estimate.num_inliers < 0.5 * previous.num_inliers):
                 return previous if previous is not None else estimate
             previous = estimate
