@@ -60,7 +60,9 @@ class LocalizerConfig:
         fine_matching: sub-pixel re-measurement of the matches to the render (``None``: keypoint
             positions as detected, which biases the refinement towards the rendered pose).
         min_coarse_inliers: a coarse pose with fewer inliers is not refined.
-        max_refinements: coarse hypotheses (distinct poses, most inliers first) refined before giving up.
+        max_refinements: coarse hypotheses (distinct poses, most inliers first) refined per attempt.
+        retry_rotated: when no pose is accepted, try again with the query turned by 45 degrees
+            (the scene's roll buckets are 90 degrees apart).
         acceptance: thresholds a pose must pass to be returned as a success.
         scene: how the map is encoded.
         cache_dir: where encoded scenes are cached (``None``: the default cache directory).
@@ -81,6 +83,7 @@ class LocalizerConfig:
     fine_matching: FineMatchingConfig | None = field(default_factory=FineMatchingConfig)
     min_coarse_inliers: int = 12
     max_refinements: int = 2
+    retry_rotated: bool = True
     acceptance: PoseAcceptance = field(default_factory=lambda: PoseAcceptance(min_inliers=40, min_inlier_ratio=0.25,
                                                                               max_rmse_px=2.0))
     scene: SceneConfig = field(default_factory=SceneConfig)
@@ -201,35 +204,31 @@ class Localizer:
             return LocalizationResult(False, failure_reason=f"too few keypoints in the image: {len(query)}",
                                       timings_ms=timer.ms)
 
-        source = "prior views" if prior is not None else "views"
-        if prior is not None:
-            images = self._nearest_images(prior, cfg.retrieval_views)
-        else:
-            shortlist = rank(vlad(query.descriptors, self.scene.vocabulary), self.scene.image_vlad,
-                             cfg.retrieval_shortlist)[0]
-            images = self._rerank(query.descriptors, shortlist)[: cfg.retrieval_views]
-        timer.lap("retrieval")
-        hypotheses = self._coarse_from_images(query, camera, images, timer)
-        if not hypotheses or hypotheses[0].num_inliers < cfg.min_coarse_inliers:
-            hypotheses = [self._coarse_from_landmarks(query, camera, timer)] + hypotheses
-            source = "landmarks"
-        hypotheses = [h for h in hypotheses if h.success and h.num_inliers >= cfg.min_coarse_inliers]
-        if not hypotheses:
-            return LocalizationResult(False, failure_reason="no coarse pose: too few consistent matches",
-                                      timings_ms=timer.ms, coarse_source=source)
-
+        estimate, reason, source = None, "no coarse pose: too few consistent matches", ""
         refined: list[np.ndarray] = []
-        for coarse in hypotheses:
-            if len(refined) == cfg.max_refinements:
+        for attempt in range(2 if cfg.retry_rotated else 1):
+            # The roll buckets of the scene are 90 degrees apart; a query that fails is tried again
+            # turned by 45 degrees, so that every roll is within 22.5 degrees of a bucket.
+            features = query if attempt == 0 else self._rotated_features(image)
+            hypotheses, source = self._coarse(features, camera, prior, timer, landmarks=attempt == 0)
+            for coarse in hypotheses:
+                if len(refined) == cfg.max_refinements * (attempt + 1):
+                    break
+                if any(self._same_pose(coarse.T_world_camera, T) for T in refined):
+                    continue
+                refined.append(coarse.T_world_camera)
+                estimate = self._refine(image, query, camera, coarse.T_world_camera) if cfg.refine_iterations \
+                    else coarse
+                timer.lap("refinement")
+                ok, reason = cfg.acceptance.check(estimate)
+                if ok:
+                    break
+            if estimate is not None and ok:
                 break
-            if any(self._same_pose(coarse.T_world_camera, T) for T in refined):
-                continue
-            refined.append(coarse.T_world_camera)
-            estimate = self._refine(image, query, camera, coarse.T_world_camera) if cfg.refine_iterations else coarse
-            timer.lap("refinement")
-            ok, reason = cfg.acceptance.check(estimate)
-            if ok:
-                break
+            if prior is not None:
+                break  # tracking: a prior that leads nowhere is not worth a second, global attempt
+        if estimate is None:
+            return LocalizationResult(False, failure_reason=reason, timings_ms=timer.ms, coarse_source=source)
         timer.lap("decision")
         result = LocalizationResult(
             ok, estimate.T_world_camera if ok else None, estimate.covariance if ok else None,
@@ -238,6 +237,40 @@ class Localizer:
         )
         log.debug("localized: %s (%s), %d/%d inliers", ok, reason, estimate.num_inliers, estimate.num_matches)
         return result
+
+    def _coarse(self, features, camera, prior, timer: _Timer, landmarks: bool) -> tuple[list[PoseEstimate], str]:
+        """Coarse pose hypotheses (most inliers first) and where they came from."""
+        cfg = self.config
+        if prior is not None:
+            images, source = self._nearest_images(prior, cfg.retrieval_views), "prior views"
+        else:
+            shortlist = rank(vlad(features.descriptors, self.scene.vocabulary), self.scene.image_vlad,
+                             cfg.retrieval_shortlist)[0]
+            images, source = self._rerank(features.descriptors, shortlist)[: cfg.retrieval_views], "views"
+        timer.lap("retrieval")
+        hypotheses = self._coarse_from_images(features, camera, images, timer)
+        if landmarks and (not hypotheses or hypotheses[0].num_inliers < cfg.min_coarse_inliers):
+            hypotheses = [self._coarse_from_landmarks(features, camera, timer)] + hypotheses
+            source = "landmarks"
+        return [h for h in hypotheses if h.success and h.num_inliers >= cfg.min_coarse_inliers], source
+
+    def _rotated_features(self, image: np.ndarray):
+        """Features of ``image`` turned by 45 degrees, with keypoints given in the original image."""
+        import cv2
+
+        h, w = image.shape[:2]
+        side = int(np.ceil((w + h) / np.sqrt(2.0)))
+        M = cv2.getRotationMatrix2D(((w - 1) / 2, (h - 1) / 2), 45.0, 1.0)
+        M[:, 2] += (side - 1) / 2 - np.array([(w - 1) / 2, (h - 1) / 2])
+        features = self.encoder.extract(cv2.warpAffine(image, M, (side, side), flags=cv2.INTER_LINEAR))
+        back = cv2.invertAffineTransform(M)
+        uv = features.keypoints @ back[:, :2].T + back[:, 2]
+        margin = 8.0  # the turned image's own border makes keypoints that show nothing of the scene
+        inside = (uv[:, 0] > margin) & (uv[:, 0] < w - 1 - margin) & (uv[:, 1] > margin) & (uv[:, 1] < h - 1 - margin)
+        features = features.subset(inside)
+        features.keypoints = uv[inside]
+        features.image_size = (w, h)
+        return features
 
     def _same_pose(self, T_a: np.ndarray, T_b: np.ndarray) -> bool:
         """Whether two poses are close enough that refining both would repeat the same work."""
