@@ -110,7 +110,7 @@ class LocalizationResult:
     reprojection_rmse_px: float = float("inf")
     failure_reason: str = ""
     timings_ms: dict = field(default_factory=dict)
-    coarse_source: str = ""  # "views", "prior views" or "landmarks"
+    coarse_source: str = ""  # "prior" (refined from it directly), "prior views", "views" or "landmarks"
 
     def to_dict(self) -> dict:
         """JSON-ready dict with the keys of ``gsvisloc localize --json``."""
@@ -204,15 +204,28 @@ class Localizer:
             return LocalizationResult(False, failure_reason=f"too few keypoints in the image: {len(query)}",
                                       timings_ms=timer.ms)
 
-        estimate, reason, source = None, "no coarse pose: too few consistent matches", ""
+        estimate, reason, source, ok = None, "no coarse pose: too few consistent matches", "", False
         refined: list[np.ndarray] = []
-        for attempt in range(2 if cfg.retry_rotated else 1):
-            # The roll buckets of the scene are 90 degrees apart; a query that fails is tried again
-            # turned by 45 degrees, so that every roll is within 22.5 degrees of a bucket.
-            features = query if attempt == 0 else self._rotated_features(image)
-            hypotheses, source = self._coarse(features, camera, prior, timer, landmarks=attempt == 0)
+        if prior is not None and cfg.refine_iterations:
+            # Tracking: a good prior needs no coarse stage, the render at the prior is close enough.
+            refined.append(np.asarray(prior, dtype=float))
+            estimate = self._refine(image, query, camera, refined[0])
+            timer.lap("refinement")
+            ok, reason = cfg.acceptance.check(estimate)
+            if ok:
+                return self._result(estimate, ok, reason, timer, "prior")
+        # Coarse searches, cheapest first: around the prior, then global, then global with the
+        # query turned by 45 degrees (the scene's roll buckets are 90 degrees apart, so every roll
+        # is then within 22.5 degrees of one). A wrong prior costs time, never the pose.
+        searches = [("prior", query)] if prior is not None else []
+        searches += [("global", query)] + ([("global", None)] if cfg.retry_rotated else [])
+        for kind, features in searches:
+            features = features if features is not None else self._rotated_features(image)
+            hypotheses, source = self._coarse(features, camera, prior if kind == "prior" else None, timer,
+                                              landmarks=kind == "global" and features is query)
+            budget = len(refined) + cfg.max_refinements
             for coarse in hypotheses:
-                if len(refined) == cfg.max_refinements * (attempt + 1):
+                if len(refined) == budget:
                     break
                 if any(self._same_pose(coarse.T_world_camera, T) for T in refined):
                     continue
@@ -223,20 +236,21 @@ class Localizer:
                 ok, reason = cfg.acceptance.check(estimate)
                 if ok:
                     break
-            if estimate is not None and ok:
+            if ok:
                 break
-            if prior is not None:
-                break  # tracking: a prior that leads nowhere is not worth a second, global attempt
         if estimate is None:
             return LocalizationResult(False, failure_reason=reason, timings_ms=timer.ms, coarse_source=source)
+        return self._result(estimate, ok, reason, timer, source)
+
+    @staticmethod
+    def _result(estimate: PoseEstimate, ok: bool, reason: str, timer: _Timer, source: str) -> LocalizationResult:
         timer.lap("decision")
-        result = LocalizationResult(
+        log.debug("localized: %s (%s), %d/%d inliers", ok, reason, estimate.num_inliers, estimate.num_matches)
+        return LocalizationResult(
             ok, estimate.T_world_camera if ok else None, estimate.covariance if ok else None,
             estimate.num_matches, estimate.num_inliers, estimate.rmse_px,
             "" if ok else f"rejected: {reason}", timer.ms, source,
         )
-        log.debug("localized: %s (%s), %d/%d inliers", ok, reason, estimate.num_inliers, estimate.num_matches)
-        return result
 
     def _coarse(self, features, camera, prior, timer: _Timer, landmarks: bool) -> tuple[list[PoseEstimate], str]:
         """Coarse pose hypotheses (most inliers first) and where they came from."""

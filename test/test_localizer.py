@@ -53,7 +53,15 @@ def test_a_prior_pose_narrows_the_search(tabletop_localizer):
     prior = T_true.copy()
     prior[:3, 3] += [0.03, -0.02, 0.01]
     result = tabletop_localizer.localize(image, CAMERA, prior=prior)
-    assert result.success and result.coarse_source == "prior views"
+    assert result.success and result.coarse_source in ("prior", "prior views")
+    assert pose_errors(result.T_world_camera, T_true)[0] < 0.01
+
+
+def test_a_wrong_prior_costs_time_not_the_pose(tabletop_localizer):
+    image, T_true = _query(tabletop_localizer, (-0.6, -0.7, 0.5), (0.0, 0.0, 0.1))
+    wrong = look_at((0.9, 0.9, 0.4), (0.0, 0.0, 0.1), up=(0, 0, 1))  # the other side of the table
+    result = tabletop_localizer.localize(image, CAMERA, prior=wrong)
+    assert result.success and result.coarse_source in ("views", "landmarks")
     assert pose_errors(result.T_world_camera, T_true)[0] < 0.01
 
 
