@@ -27,6 +27,7 @@ setup(
     entry_points={
         "console_scripts": [
             "gsvisloc = gsvisloc_ros.cli:main",
+            "gsvisloc_node = gsvisloc_ros.ros.node:main",
         ],
     },
 )
