@@ -354,7 +354,7 @@ def test_bad_input_is_reported_and_nothing_is_published(world, harness_factory):
 def test_compressed_images_when_use_compressed(world, harness_factory):
     from sensor_msgs.msg import CompressedImage
 
-    h = harness_factory({"use_compressed": True}, localizer=world.localizer)
+    h = harness_factory({"use_compressed": True, "publish_tf": False}, localizer=world.localizer)
     publisher = h.peer.create_publisher(CompressedImage, "/image/compressed", 10)
     h.wait(lambda: publisher.get_subscription_count() > 0, 10, "the node to subscribe image/compressed")
     header = Header(stamp=_stamp(7.0), frame_id=CAMERA_FRAME)
@@ -372,6 +372,19 @@ def test_compressed_images_when_use_compressed(world, harness_factory):
     pose = h.wait(lambda: h.messages("pose"), 10, "a pose from a compressed image")[0]
     assert _seconds(pose.header.stamp) == 8.0
     assert pose_errors(M.pose_to_matrix(pose.pose), world.T_true)[0] < MAX_DT
+    time.sleep(0.3)
+    assert not [t for m in h.messages("tf") for t in m.transforms if t.header.frame_id == "map"], "publish_tf off"
+
+
+def test_max_rate_throttles_frames(world, harness_factory):
+    h = harness_factory({"max_rate": 2.0}, localizer=world.localizer)
+    h.wait(lambda: any(_values(s)["state"] == "ready" for _, s in h.statuses()), 30, "the node to be ready")
+    for i in range(20):  # 20 Hz for one second
+        h.send(world.image, 70.0 + 0.05 * i)
+        time.sleep(0.05)
+    stats = h.node._stats
+    h.wait(lambda: stats.received == 20, 10, "every frame to arrive")
+    assert stats.throttled >= 15 and stats.received - stats.throttled <= 4
 
 
 @pytest.mark.parametrize("map_path,why", [
