@@ -84,7 +84,7 @@ class LocalizerConfig:
     min_coarse_inliers: int = 12
     max_refinements: int = 2
     retry_rotated: bool = True
-    acceptance: PoseAcceptance = field(default_factory=lambda: PoseAcceptance(min_inliers=40, min_inlier_ratio=0.25,
+    acceptance: PoseAcceptance = field(default_factory=lambda: PoseAcceptance(min_inliers=40, min_inlier_ratio=0.5,
                                                                               max_rmse_px=2.0))
     scene: SceneConfig = field(default_factory=SceneConfig)
     cache_dir: str | None = None

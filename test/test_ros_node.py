@@ -288,6 +288,8 @@ def test_map_to_odom_makes_map_to_camera_equal_the_estimate(world, harness_facto
     T_map_odom = M.transform_to_matrix(tf)
     np.testing.assert_allclose(T_map_odom @ odom_base(stamp) @ T_base_camera, T_map_camera, atol=1e-9)
     # The same through a TF buffer fed over DDS: map -> camera at the image stamp is the estimate.
+    # The buffer's listener may see the transform a moment after the test's own subscription.
+    h.wait(lambda: h.buffer.can_transform("map", "odom", Time()), 10, "map -> odom in the TF buffer")
     T_odom_camera = T.lookup_matrix(h.buffer, "odom", CAMERA_FRAME, _stamp(stamp))
     T_map_odom_latest = T.lookup_matrix(h.buffer, "map", "odom", None)
     np.testing.assert_allclose(T_map_odom_latest @ T_odom_camera, T_map_camera, atol=1e-9)

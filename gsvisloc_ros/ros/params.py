@@ -62,7 +62,7 @@ PARAMETERS: tuple[Spec, ...] = (
     Spec("tf_republish_rate", 10.0, "Hz at which the last map -> odom is republished post-dated from now, so "
          "lookups between fixes succeed; 0: only on each accepted fix", 0.0, 100.0),
     Spec("min_inliers", 40, "a pose needs at least this many PnP inliers", 4, 100000),
-    Spec("min_inlier_ratio", 0.25, "a pose needs at least this fraction of its matches as inliers", 0.0, 1.0),
+    Spec("min_inlier_ratio", 0.5, "a pose needs at least this fraction of its matches as inliers", 0.0, 1.0),
     Spec("max_rmse_px", 2.0, "a pose needs an inlier reprojection RMSE at most this (pixels)", 0.01, 100.0),
     Spec("max_jump_translation", 1.0, "largest move (map_frame units) from the last accepted pose within "
          "max_jump_window that is accepted at once; 0: no translation check", 0.0, 1e6),
@@ -169,7 +169,7 @@ class NodeParams:
     transform_tolerance: float = 1.0
     tf_republish_rate: float = 10.0
     min_inliers: int = 40
-    min_inlier_ratio: float = 0.25
+    min_inlier_ratio: float = 0.5
     max_rmse_px: float = 2.0
     max_jump_translation: float = 1.0
     max_jump_rotation_deg: float = 45.0
