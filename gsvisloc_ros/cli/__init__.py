@@ -18,6 +18,9 @@ COMMANDS = {
     "encode": "encode a map into landmarks for localization (cached)",
     "localize": "estimate the camera pose of images against a map",
     "benchmark": "time and score the pipeline's stages",
+    "make-bag": "render a camera trajectory through a map into a ROS 2 bag",
+    "evaluate-bag": "replay a ROS 2 bag into the localizer and score it against ground truth",
+    "demo": "make a bag of the embedded default map, replay it and report (what `make demo` runs)",
 }
 
 

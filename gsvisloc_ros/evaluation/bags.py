@@ -1,0 +1,635 @@
+"""ROS 2 bags for evaluation: write synthetic ones, read camera frames out of any one.
+
+Writing (:class:`BagWriter`, :func:`write_synthetic_bag`) and reading (:func:`read_frames`) use
+the pure-Python ``rosbags`` library, so neither needs a ROS installation; bags are sqlite3 or
+mcap, as ``ros2 bag record`` writes them, and play back with ``ros2 bag play``.
+
+Topics of a synthetic bag (frame ids from :class:`~gsvisloc_ros.synthetic.trajectories.Rig`):
+
+* ``/camera/image_raw`` (``sensor_msgs/msg/Image``): rgb8 renders of the map; with ``compressed``
+  ``/camera/image_raw/compressed`` (``sensor_msgs/msg/CompressedImage``, JPEG) instead;
+* ``/camera/camera_info`` (``sensor_msgs/msg/CameraInfo``): pinhole, no distortion;
+* ``/tf`` (``tf2_msgs/msg/TFMessage``): ``odom -> base_link``, the drifting odometry;
+* ``/tf_static`` (``tf2_msgs/msg/TFMessage``): ``base_link -> camera_optical_frame``, recorded
+  with the transient-local offered QoS of a static broadcaster;
+* ``/ground_truth/camera_pose`` (``geometry_msgs/msg/PoseStamped``): the true pose of the
+  optical frame in ``map`` (T_world_camera), one per image with the image's stamp.
+
+Reading finds the image and camera-info topics by message type when they are not named, decodes
+``rgb8``, ``bgr8``, ``mono8``, ``rgba8``, ``bgra8`` (and ``8UC1``/``8UC3``, 16-bit mono scaled
+down) and JPEG/PNG compressed images, undistorts with the camera info's plumb-bob or equidistant
+model, and reports every frame it cannot use with the reason instead of stopping.
+"""
+
+from __future__ import annotations
+
+import logging
+from collections.abc import Iterator
+from dataclasses import dataclass, field
+from pathlib import Path
+
+import numpy as np
+
+from gsvisloc_ros.camera import PinholeCamera, matrix_to_quat_xyzw, pose_from_xyz_quat
+
+log = logging.getLogger(__name__)
+
+IMAGE = "sensor_msgs/msg/Image"
+COMPRESSED = "sensor_msgs/msg/CompressedImage"
+CAMERA_INFO = "sensor_msgs/msg/CameraInfo"
+TF = "tf2_msgs/msg/TFMessage"
+POSE_STAMPED = "geometry_msgs/msg/PoseStamped"
+POSE_WITH_COV = "geometry_msgs/msg/PoseWithCovarianceStamped"
+ODOMETRY = "nav_msgs/msg/Odometry"
+TRANSFORM_STAMPED = "geometry_msgs/msg/TransformStamped"
+GT_TYPES = (POSE_STAMPED, POSE_WITH_COV, ODOMETRY, TRANSFORM_STAMPED)
+
+STORAGES = ("sqlite3", "mcap")
+DEFAULT_TOPICS = {
+    "image": "/camera/image_raw",
+    "compressed": "/camera/image_raw/compressed",
+    "camera_info": "/camera/camera_info",
+    "tf": "/tf",
+    "tf_static": "/tf_static",
+    "ground_truth": "/ground_truth/camera_pose",
+}
+
+# tf2_msgs/msg/TFMessage as defined upstream, for typestores that do not carry tf2_msgs.
+TFMESSAGE_MSG = "geometry_msgs/TransformStamped[] transforms\n"
+
+#: Start of synthetic bags' clocks (ns since the epoch): fixed so that bags are reproducible.
+SYNTHETIC_START_NS = 1_700_000_000 * 1_000_000_000
+
+
+def typestore():
+    """The ROS 2 Jazzy typestore of ``rosbags``, with ``tf2_msgs/msg/TFMessage`` registered if missing."""
+    from rosbags.typesys import Stores, get_types_from_msg, get_typestore
+
+    store = get_typestore(Stores.ROS2_JAZZY)
+    if TF not in store.fielddefs:
+        store.register(get_types_from_msg(TFMESSAGE_MSG, TF))
+    return store
+
+
+def _qos(durability: str = "volatile", depth: int = 10, reliable: bool = True):
+    """A recorded offered-QoS profile (as ``ros2 bag record`` stores it in the metadata)."""
+    from rosbags.interfaces import Qos, QosDurability, QosHistory, QosLiveliness, QosReliability, QosTime
+
+    infinite = QosTime(0x7FFFFFFF, 0xFFFFFFFF)  # rmw's "infinite" duration, as recorded by rosbag2
+    return Qos(
+        history=QosHistory.KEEP_LAST, depth=depth,
+        reliability=QosReliability.RELIABLE if reliable else QosReliability.BEST_EFFORT,
+        durability=QosDurability.TRANSIENT_LOCAL if durability == "transient_local" else QosDurability.VOLATILE,
+        deadline=infinite, lifespan=infinite, liveliness=QosLiveliness.AUTOMATIC,
+        liveliness_lease_duration=infinite, avoid_ros_namespace_conventions=False,
+    )
+
+
+# ---------------------------------------------------------------------------------------- writing
+
+
+class BagWriter:
+    """Write camera frames, tf and ground truth into a new ROS 2 bag (a context manager).
+
+    ``storage``: ``"sqlite3"`` or ``"mcap"``. ``compressed``: images as JPEG ``CompressedImage``
+    on ``<image topic>/compressed`` instead of raw ``rgb8`` ``Image``.
+    """
+
+    def __init__(self, path: str | Path, storage: str = "sqlite3", compressed: bool = False,
+                 topics: dict | None = None, jpeg_quality: int = 92) -> None:
+        from rosbags.rosbag2 import StoragePlugin, Writer
+
+        if storage not in STORAGES:
+            raise ValueError(f"unknown storage {storage!r}; choose one of {', '.join(STORAGES)}")
+        self.path = Path(path)
+        if self.path.exists():
+            raise FileExistsError(f"{self.path} exists already: a bag is written to a new directory")
+        self.store = typestore()
+        self.types = self.store.types
+        self.compressed = compressed
+        self.jpeg_quality = jpeg_quality
+        self.topics = {**DEFAULT_TOPICS, **(topics or {})}
+        plugin = StoragePlugin.MCAP if storage == "mcap" else StoragePlugin.SQLITE3
+        self._writer = Writer(self.path, version=9, storage_plugin=plugin)
+        self._connections: dict[str, object] = {}
+        self.counts: dict[str, int] = {}
+
+    def __enter__(self) -> BagWriter:
+        self._writer.open()
+        image_topic = self.topics["compressed" if self.compressed else "image"]
+        sensor = _qos(depth=10)
+        for key, topic, msgtype, qos in (
+            ("image", image_topic, COMPRESSED if self.compressed else IMAGE, sensor),
+            ("camera_info", self.topics["camera_info"], CAMERA_INFO, sensor),
+            ("tf_static", self.topics["tf_static"], TF, _qos("transient_local", depth=1)),
+            ("tf", self.topics["tf"], TF, _qos(depth=100)),
+            ("ground_truth", self.topics["ground_truth"], POSE_STAMPED, _qos(depth=10)),
+        ):
+            self._connections[key] = self._writer.add_connection(
+                topic, msgtype, typestore=self.store, offered_qos_profiles=[qos])
+            self.counts[topic] = 0
+        return self
+
+    def __exit__(self, exc_type, exc, tb) -> None:
+        self._writer.close()
+
+    # -- messages
+
+    def _header(self, stamp_ns: int, frame_id: str):
+        t = self.types
+        return t["std_msgs/msg/Header"](
+            stamp=t["builtin_interfaces/msg/Time"](sec=int(stamp_ns // 1_000_000_000),
+                                                   nanosec=int(stamp_ns % 1_000_000_000)),
+            frame_id=frame_id)
+
+    def _transform(self, stamp_ns: int, parent: str, child: str, T: np.ndarray):
+        t = self.types
+        x, y, z = (float(v) for v in T[:3, 3])
+        qx, qy, qz, qw = (float(v) for v in matrix_to_quat_xyzw(T[:3, :3]))
+        return t[TRANSFORM_STAMPED](
+            header=self._header(stamp_ns, parent), child_frame_id=child,
+            transform=t["geometry_msgs/msg/Transform"](
+                translation=t["geometry_msgs/msg/Vector3"](x=x, y=y, z=z),
+                rotation=t["geometry_msgs/msg/Quaternion"](x=qx, y=qy, z=qz, w=qw)))
+
+    def _write(self, key: str, stamp_ns: int, msg) -> None:
+        connection = self._connections[key]
+        self._writer.write(connection, int(stamp_ns), self.store.serialize_cdr(msg, connection.msgtype))
+        self.counts[connection.topic] += 1
+
+    def write_static_transform(self, stamp_ns: int, parent: str, child: str, T_parent_child: np.ndarray) -> None:
+        self._write("tf_static", stamp_ns,
+                    self.types[TF](transforms=[self._transform(stamp_ns, parent, child, T_parent_child)]))
+
+    def write_transform(self, stamp_ns: int, parent: str, child: str, T_parent_child: np.ndarray) -> None:
+        self._write("tf", stamp_ns, self.types[TF](transforms=[self._transform(stamp_ns, parent, child,
+                                                                                 T_parent_child)]))
+
+    def write_image(self, stamp_ns: int, frame_id: str, rgb: np.ndarray) -> None:
+        """An RGB uint8 image [H, W, 3] (raw ``rgb8``, or JPEG when the bag is ``compressed``)."""
+        rgb = np.ascontiguousarray(rgb, dtype=np.uint8)
+        header = self._header(stamp_ns, frame_id)
+        if self.compressed:
+            import cv2
+
+            ok, data = cv2.imencode(".jpg", cv2.cvtColor(rgb, cv2.COLOR_RGB2BGR),
+                                    [cv2.IMWRITE_JPEG_QUALITY, self.jpeg_quality])
+            if not ok:
+                raise RuntimeError("OpenCV could not encode a JPEG")
+            msg = self.types[COMPRESSED](header=header, format="rgb8; jpeg compressed bgr8",
+                                         data=np.asarray(data, np.uint8).reshape(-1))
+        else:
+            h, w = rgb.shape[:2]
+            msg = self.types[IMAGE](header=header, height=h, width=w, encoding="rgb8", is_bigendian=0,
+                                    step=3 * w, data=rgb.reshape(-1))
+        self._write("image", stamp_ns, msg)
+
+    def write_camera_info(self, stamp_ns: int, frame_id: str, camera: PinholeCamera) -> None:
+        t = self.types
+        K = camera.K
+        P = np.hstack([K, np.zeros((3, 1))])
+        msg = t[CAMERA_INFO](
+            header=self._header(stamp_ns, frame_id), height=camera.height, width=camera.width,
+            distortion_model="plumb_bob", d=np.zeros(5), k=K.reshape(-1), r=np.eye(3).reshape(-1),
+            p=P.reshape(-1), binning_x=0, binning_y=0,
+            roi=t["sensor_msgs/msg/RegionOfInterest"](x_offset=0, y_offset=0, height=0, width=0, do_rectify=False))
+        self._write("camera_info", stamp_ns, msg)
+
+    def write_pose(self, stamp_ns: int, frame_id: str, T: np.ndarray) -> None:
+        t = self.types
+        x, y, z = (float(v) for v in T[:3, 3])
+        qx, qy, qz, qw = (float(v) for v in matrix_to_quat_xyzw(T[:3, :3]))
+        msg = t[POSE_STAMPED](header=self._header(stamp_ns, frame_id), pose=t["geometry_msgs/msg/Pose"](
+            position=t["geometry_msgs/msg/Point"](x=x, y=y, z=z),
+            orientation=t["geometry_msgs/msg/Quaternion"](x=qx, y=qy, z=qz, w=qw)))
+        self._write("ground_truth", stamp_ns, msg)
+
+
+@dataclass
+class BagSummary:
+    """What :func:`write_synthetic_bag` wrote."""
+
+    path: Path
+    storage: str
+    frames: int
+    counts: dict  # topic -> messages
+    camera: PinholeCamera
+    seconds: float
+
+    def to_dict(self) -> dict:
+        c = self.camera
+        return {"path": str(self.path), "storage": self.storage, "frames": self.frames, "topics": self.counts,
+                "camera": {"fx": c.fx, "fy": c.fy, "cx": c.cx, "cy": c.cy, "width": c.width, "height": c.height},
+                "seconds": round(self.seconds, 2)}
+
+
+def write_synthetic_bag(path: str | Path, gmap, trajectory, camera: PinholeCamera, storage: str = "sqlite3",
+                        compressed: bool = False, progress: bool = True,
+                        start_ns: int = SYNTHETIC_START_NS) -> BagSummary:
+    """Render ``gmap`` along ``trajectory`` with ``camera`` and write every frame into a new bag.
+
+    Per frame: the image, the camera info, ``odom -> base_link`` on ``/tf`` and the true optical
+    frame pose in ``map``. Once, first: ``base_link -> camera_optical_frame`` on ``/tf_static``.
+    """
+    import time
+
+    from tqdm import tqdm
+
+    from gsvisloc_ros.camera import invert_pose
+    from gsvisloc_ros.render import render
+
+    start = time.perf_counter()
+    rig = trajectory.rig
+    stamps = start_ns + np.rint(np.asarray(trajectory.stamps) * 1e9).astype(np.int64)
+    near = 0.01 * float(np.median(np.linalg.norm(gmap.means - np.median(gmap.means, axis=0), axis=1)) + 1e-9)
+    path = Path(path)
+    try:
+        with BagWriter(path, storage, compressed) as bag:
+            bag.write_static_transform(int(stamps[0]), rig.base_frame, rig.camera_frame, trajectory.T_base_camera)
+            frames = zip(stamps, trajectory.T_map_camera, trajectory.T_odom_base, strict=True)
+            for stamp, T_map_camera, T_odom_base in tqdm(frames, total=len(stamps), desc="rendering frames",
+                                                          unit="frame", disable=not progress):
+                image = render(gmap, camera, invert_pose(T_map_camera), near=near).rgb_u8
+                bag.write_transform(int(stamp), rig.odom_frame, rig.base_frame, T_odom_base)
+                bag.write_camera_info(int(stamp), rig.camera_frame, camera)
+                bag.write_image(int(stamp), rig.camera_frame, image)
+                bag.write_pose(int(stamp), rig.map_frame, T_map_camera)
+    except BaseException:
+        import shutil
+
+        shutil.rmtree(path, ignore_errors=True)  # never leave half a bag behind
+        raise
+    return BagSummary(path, storage, len(stamps), dict(bag.counts), camera, time.perf_counter() - start)
+
+
+# ---------------------------------------------------------------------------------------- reading
+
+
+class UnusableImage(ValueError):
+    """An image message that cannot be turned into pixels; ``str()`` says why."""
+
+
+_CHANNELS = {"rgb8": 3, "bgr8": 3, "rgba8": 4, "bgra8": 4, "mono8": 1, "8uc1": 1, "8uc3": 3, "8uc4": 4,
+             "mono16": 1, "16uc1": 1}
+
+
+def decode_image(msg, msgtype: str) -> np.ndarray:
+    """uint8 RGB [H, W, 3] or grey [H, W] pixels of an ``Image`` or ``CompressedImage`` message.
+
+    Raises :class:`UnusableImage` with the reason when the encoding is not supported or the data
+    does not match its header.
+    """
+    import cv2
+
+    if msgtype == COMPRESSED:
+        fmt = str(msg.format or "").lower()
+        if "compresseddepth" in fmt:
+            raise UnusableImage(f"compressed depth image (format {msg.format!r}), not a camera image")
+        data = np.asarray(msg.data, dtype=np.uint8)
+        image = cv2.imdecode(data, cv2.IMREAD_UNCHANGED) if data.size else None
+        if image is None:
+            raise UnusableImage(f"cannot decode the compressed image (format {msg.format!r}, {data.size} bytes): "
+                                "corrupt, or not JPEG/PNG")
+        if image.dtype != np.uint8:
+            image = (image >> 8).astype(np.uint8) if image.dtype == np.uint16 else image.astype(np.uint8)
+        if image.ndim == 3:  # OpenCV decodes to BGR(A), whatever the format string says
+            image = cv2.cvtColor(image, cv2.COLOR_BGRA2RGB if image.shape[2] == 4 else cv2.COLOR_BGR2RGB)
+        return image
+    encoding = str(msg.encoding or "")
+    channels = _CHANNELS.get(encoding.lower())
+    if channels is None:
+        raise UnusableImage(f"unsupported image encoding {encoding!r} (supported: rgb8, bgr8, mono8, rgba8, bgra8, "
+                            "8UC1, 8UC3, mono16, and JPEG/PNG CompressedImage)")
+    h, w, step = int(msg.height), int(msg.width), int(msg.step)
+    depth = 2 if encoding.lower() in ("mono16", "16uc1") else 1
+    data = np.asarray(msg.data, dtype=np.uint8)
+    if h < 1 or w < 1 or step < w * channels * depth or data.size < step * h:
+        raise UnusableImage(f"{encoding} image of {w}x{h} (step {step}) with {data.size} bytes of data: "
+                            "header and data disagree")
+    rows = data[: step * h].reshape(h, step)[:, : w * channels * depth]
+    if depth == 2:
+        values = rows.view(">u2" if msg.is_bigendian else "<u2").reshape(h, w)
+        return (values >> 8).astype(np.uint8)
+    pixels = np.ascontiguousarray(rows.reshape(h, w, channels) if channels > 1 else rows.reshape(h, w))
+    lower = encoding.lower()
+    if lower in ("bgr8", "8uc3"):
+        return cv2.cvtColor(pixels, cv2.COLOR_BGR2RGB)
+    if lower in ("bgra8", "8uc4"):
+        return cv2.cvtColor(pixels, cv2.COLOR_BGRA2RGB)
+    if lower == "rgba8":
+        return cv2.cvtColor(pixels, cv2.COLOR_RGBA2RGB)
+    return pixels
+
+
+@dataclass
+class CameraModel:
+    """A camera info message's intrinsics and distortion (what the localizer needs of it)."""
+
+    camera: PinholeCamera
+    distortion_model: str
+    distortion: np.ndarray
+
+    @property
+    def distorted(self) -> bool:
+        return self.distortion.size > 0 and bool(np.any(self.distortion != 0))
+
+    def undistort(self, image: np.ndarray) -> np.ndarray:
+        """The image as the undistorted pinhole :attr:`camera` would see it."""
+        if not self.distorted:
+            return image
+        import cv2
+
+        K = self.camera.K
+        if self.distortion_model == "equidistant":
+            return cv2.fisheye.undistortImage(image, K, self.distortion[:4], Knew=K)
+        return cv2.undistort(image, K, self.distortion)
+
+
+def camera_from_info(msg) -> CameraModel:
+    """The pinhole camera of a ``sensor_msgs/CameraInfo``; raises ValueError when it is unusable."""
+    K = np.asarray(msg.k, dtype=np.float64).reshape(-1)
+    if K.size != 9 or not np.all(np.isfinite(K)) or K[0] <= 0 or K[4] <= 0:
+        raise ValueError(f"camera_info has no valid intrinsics (K = {K.tolist()})")
+    model = str(msg.distortion_model or "plumb_bob")
+    d = np.asarray(msg.d, dtype=np.float64).reshape(-1)
+    if d.size and np.any(d != 0) and model not in ("plumb_bob", "rational_polynomial", "equidistant"):
+        raise ValueError(f"camera_info distortion model {model!r} is not supported")
+    binning = max(int(msg.binning_x), 1), max(int(msg.binning_y), 1)
+    if binning != (1, 1) or int(msg.roi.width) > 0:
+        raise ValueError("camera_info with binning or a region of interest is not supported")
+    camera = PinholeCamera(float(K[0]), float(K[4]), float(K[2]), float(K[5]), int(msg.width), int(msg.height))
+    return CameraModel(camera, model, d)
+
+
+def pose_from_message(msg, msgtype: str) -> np.ndarray:
+    """4x4 pose of a PoseStamped, PoseWithCovarianceStamped, Odometry or TransformStamped."""
+    if msgtype == TRANSFORM_STAMPED:
+        t, q = msg.transform.translation, msg.transform.rotation
+    else:
+        pose = msg.pose.pose if msgtype in (POSE_WITH_COV, ODOMETRY) else msg.pose
+        t, q = pose.position, pose.orientation
+    return pose_from_xyz_quat([t.x, t.y, t.z, q.x, q.y, q.z, q.w])
+
+
+def stamp_ns(msg) -> int:
+    return int(msg.header.stamp.sec) * 1_000_000_000 + int(msg.header.stamp.nanosec)
+
+
+@dataclass
+class Frame:
+    """One image of the bag, ready for the localizer, or the reason it cannot be used."""
+
+    index: int
+    stamp_ns: int
+    image: np.ndarray | None = None
+    camera: PinholeCamera | None = None
+    T_gt: np.ndarray | None = None  # true T_world_camera (map <- optical frame), when the bag has it
+    problem: str = ""  # why the frame cannot be evaluated ("" when it can)
+    raw: bytes | None = None  # the serialized message (for replay through a node)
+    msgtype: str = ""
+    model: CameraModel | None = None  # the camera info's model, distortion included (with keep_raw)
+    frame_id: str = ""
+
+
+@dataclass
+class BagContents:
+    """The topics chosen to evaluate a bag, and what is in it."""
+
+    path: Path
+    image_topic: str
+    image_type: str
+    camera_info_topic: str | None
+    gt_topic: str | None
+    gt_type: str | None
+    image_count: int
+    topics: dict  # every topic -> (type, count)
+    notes: list = field(default_factory=list)  # things the user should know (choices made, topics missing)
+
+
+def _open_reader(path: Path):
+    from rosbags.highlevel import AnyReader
+
+    if not path.exists():
+        raise FileNotFoundError(f"no bag at {path}")
+    target = path
+    if path.is_file() and path.suffix in (".db3", ".mcap") and not (path.parent / "metadata.yaml").exists():
+        raise ValueError(f"{path}: a ROS 2 bag is a directory with metadata.yaml; this file has none beside it")
+    if path.is_file() and path.suffix in (".db3", ".mcap"):
+        target = path.parent
+    try:
+        reader = AnyReader([target], default_typestore=typestore())
+        reader.open()
+    except Exception as exc:
+        raise ValueError(f"cannot open {path} as a ROS 2 bag: {exc}") from None
+    return reader
+
+
+def _namespace(topic: str) -> str:
+    """``/camera/image_raw/compressed`` -> ``/camera``."""
+    parts = topic.rstrip("/").split("/")
+    if parts[-1] in ("compressed", "theora", "compressedDepth"):
+        parts = parts[:-1]
+    return "/".join(parts[:-1])
+
+
+def inspect_bag(path: str | Path, image_topic: str | None = None, camera_info_topic: str | None = None,
+                gt_topic: str | None = None) -> BagContents:
+    """Choose the topics to evaluate (by message type where not given) and list the bag's content."""
+    path = Path(path)
+    reader = _open_reader(path)
+    try:
+        topics = {name: (info.msgtype, info.msgcount) for name, info in reader.topics.items()}
+    finally:
+        reader.close()
+    notes: list[str] = []
+
+    def of_type(*types):
+        return sorted((t for t, (mt, n) in topics.items() if mt in types and n > 0), key=lambda t: -topics[t][1])
+
+    if image_topic:
+        if image_topic not in topics:
+            raise ValueError(f"{path} has no topic {image_topic!r}; its image topics: "
+                             f"{', '.join(of_type(IMAGE, COMPRESSED)) or 'none'}")
+        if topics[image_topic][0] not in (IMAGE, COMPRESSED):
+            raise ValueError(f"{image_topic} carries {topics[image_topic][0]}, not {IMAGE} or {COMPRESSED}")
+    else:
+        candidates = of_type(IMAGE) + of_type(COMPRESSED)  # raw first: no compression loss
+        if not candidates:
+            raise ValueError(f"{path} has no {IMAGE} or {COMPRESSED} topic with messages; its topics: "
+                             + ", ".join(f"{t} ({mt})" for t, (mt, _) in sorted(topics.items())))
+        infos = {_namespace(t) for t in of_type(CAMERA_INFO)}
+        paired = [t for t in candidates if _namespace(t) in infos]
+        image_topic = (paired or candidates)[0]
+        if len(candidates) > 1:
+            notes.append(f"several image topics ({', '.join(candidates)}): evaluating {image_topic} "
+                         "(choose with --image-topic)")
+    if camera_info_topic:
+        if camera_info_topic not in topics:
+            raise ValueError(f"{path} has no topic {camera_info_topic!r}; its camera_info topics: "
+                             f"{', '.join(of_type(CAMERA_INFO)) or 'none'}")
+    else:
+        infos = of_type(CAMERA_INFO)
+        same = [t for t in infos if _namespace(t) == _namespace(image_topic)]
+        camera_info_topic = (same or infos or [None])[0]
+        if camera_info_topic is None:
+            notes.append(f"no {CAMERA_INFO} topic: the intrinsics must come from --intrinsics")
+        elif not same:
+            notes.append(f"no camera_info beside {image_topic}: using {camera_info_topic}")
+    if gt_topic:
+        if gt_topic not in topics:
+            raise ValueError(f"{path} has no ground-truth topic {gt_topic!r}; pose topics: "
+                             f"{', '.join(of_type(*GT_TYPES)) or 'none'}")
+        if topics[gt_topic][0] not in GT_TYPES:
+            raise ValueError(f"{gt_topic} carries {topics[gt_topic][0]}; ground truth must be one of "
+                             f"{', '.join(GT_TYPES)}")
+    elif DEFAULT_TOPICS["ground_truth"] in topics and topics[DEFAULT_TOPICS["ground_truth"]][0] in GT_TYPES:
+        gt_topic = DEFAULT_TOPICS["ground_truth"]
+    else:
+        notes.append(f"no ground truth ({DEFAULT_TOPICS['ground_truth']} absent; name one with --gt-topic): "
+                     "only the localized fraction and latency can be measured")
+        gt_topic = None
+    return BagContents(path, image_topic, topics[image_topic][0], camera_info_topic, gt_topic,
+                       topics[gt_topic][0] if gt_topic else None, topics[image_topic][1], topics, notes)
+
+
+class _GroundTruth:
+    """Poses by time, interpolated (lerp + slerp) between neighbours no further apart than ``max_gap_ns``."""
+
+    def __init__(self, stamps: list[int], poses: list[np.ndarray], max_gap_ns: int = 500_000_000) -> None:
+        order = np.argsort(stamps, kind="stable")
+        self.stamps = np.asarray(stamps, dtype=np.int64)[order]
+        self.poses = [poses[i] for i in order]
+        self.max_gap_ns = max_gap_ns
+
+    def at(self, t: int) -> np.ndarray | None:
+        from scipy.spatial.transform import Rotation, Slerp
+
+        if len(self.stamps) == 0:
+            return None
+        i = int(np.searchsorted(self.stamps, t))
+        if i < len(self.stamps) and self.stamps[i] == t:
+            return self.poses[i]
+        if i == 0 or i == len(self.stamps):
+            return None  # no extrapolation
+        t0, t1 = int(self.stamps[i - 1]), int(self.stamps[i])
+        if t1 - t0 > self.max_gap_ns:
+            return None
+        w = (t - t0) / (t1 - t0)
+        A, B = self.poses[i - 1], self.poses[i]
+        R = Slerp([0.0, 1.0], Rotation.from_matrix([A[:3, :3], B[:3, :3]]))([w]).as_matrix()[0]
+        T = np.eye(4)
+        T[:3, :3] = R
+        T[:3, 3] = (1 - w) * A[:3, 3] + w * B[:3, 3]
+        return T
+
+
+def read_frames(contents: BagContents, intrinsics: tuple[float, float, float, float] | None = None,
+                keep_raw: bool = False) -> Iterator[Frame]:
+    """The image frames of a bag with their camera and ground truth, in bag order.
+
+    Camera info and ground truth are read first (small), then images are decoded one by one.
+    Each image uses the camera info closest in time (they rarely change); ``intrinsics``
+    (fx, fy, cx, cy) replace the bag's, at each image's size. A frame that cannot be used comes
+    with ``problem`` set and no image. ``keep_raw``: also keep the serialized message and the
+    camera model (for replay through the node).
+    """
+    reader = _open_reader(contents.path)
+    try:
+        by_topic = {c.topic: c for c in reader.connections}
+        infos: list[tuple[int, CameraModel | str]] = []
+        gt_stamps, gt_poses = [], []
+        side = [by_topic[t] for t in (contents.camera_info_topic, contents.gt_topic) if t in by_topic]
+        if intrinsics is None and contents.camera_info_topic is None:
+            raise ValueError(f"{contents.path} has no camera_info for {contents.image_topic}: "
+                             "give the intrinsics with --intrinsics FX,FY,CX,CY")
+        for connection, timestamp, raw in (reader.messages(connections=side) if side else ()):
+            try:
+                msg = reader.deserialize(raw, connection.msgtype)
+            except Exception as exc:
+                log.warning("corrupt %s message at t=%d: %s", connection.topic, timestamp, exc)
+                continue
+            if connection.topic == contents.camera_info_topic:
+                try:
+                    infos.append((stamp_ns(msg), camera_from_info(msg)))
+                except ValueError as exc:
+                    infos.append((stamp_ns(msg), str(exc)))
+            else:
+                gt_stamps.append(stamp_ns(msg))
+                gt_poses.append(pose_from_message(msg, connection.msgtype))
+        if intrinsics is None and not infos:
+            raise ValueError(f"{contents.path}: {contents.camera_info_topic} has no readable camera_info message; "
+                             "give the intrinsics with --intrinsics FX,FY,CX,CY")
+        info_stamps = np.asarray([s for s, _ in infos], dtype=np.int64)
+        truth = _GroundTruth(gt_stamps, gt_poses)
+        image_connections = [c for c in reader.connections if c.topic == contents.image_topic]
+        for index, (connection, timestamp, raw) in enumerate(reader.messages(connections=image_connections)):
+            frame = Frame(index, int(timestamp), raw=bytes(raw) if keep_raw else None, msgtype=connection.msgtype)
+            try:
+                msg = reader.deserialize(raw, connection.msgtype)
+            except Exception as exc:
+                frame.problem = f"corrupt message: cannot deserialize {connection.msgtype} ({exc})"
+                yield frame
+                continue
+            frame.stamp_ns = stamp_ns(msg)
+            frame.frame_id = str(msg.header.frame_id)
+            frame.T_gt = truth.at(frame.stamp_ns)
+            try:
+                image = decode_image(msg, connection.msgtype)
+            except UnusableImage as exc:
+                frame.problem = str(exc)
+                yield frame
+                continue
+            h, w = image.shape[:2]
+            if intrinsics is not None:
+                model = CameraModel(PinholeCamera(*intrinsics, w, h), "plumb_bob", np.zeros(0))
+            else:
+                model = infos[int(np.argmin(np.abs(info_stamps - frame.stamp_ns)))][1]
+                if isinstance(model, str):
+                    frame.problem = f"unusable camera_info: {model}"
+                    yield frame
+                    continue
+            if model.camera.size != (w, h):
+                frame.problem = (f"the image is {w}x{h} but the camera_info is for "
+                                 f"{model.camera.width}x{model.camera.height}")
+                yield frame
+                continue
+            frame.image = model.undistort(image)
+            frame.camera = model.camera
+            if keep_raw:
+                frame.model = model
+            yield frame
+    finally:
+        reader.close()
+
+
+def read_topic(path: str | Path, topic: str) -> Iterator[tuple[int, str, object]]:
+    """(bag time ns, message type, message) of every message on ``topic`` (for tests and tools)."""
+    reader = _open_reader(Path(path))
+    try:
+        connections = [c for c in reader.connections if c.topic == topic]
+        for connection, timestamp, raw in reader.messages(connections=connections):
+            yield timestamp, connection.msgtype, reader.deserialize(raw, connection.msgtype)
+    finally:
+        reader.close()
+
+
+def offered_qos(path: str | Path) -> dict[str, list]:
+    """topic -> the offered QoS profiles recorded in the bag's metadata."""
+    reader = _open_reader(Path(path))
+    try:
+        return {c.topic: list(getattr(c.ext, "offered_qos_profiles", []) or []) for c in reader.connections}
+    finally:
+        reader.close()
+
+
+
+def raw_messages(path: str | Path, topics) -> list[tuple[int, str, str, bytes]]:
+    """(bag time ns, topic, message type, serialized CDR) of the messages on ``topics``, in bag order."""
+    reader = _open_reader(Path(path))
+    try:
+        connections = [c for c in reader.connections if c.topic in set(topics)]
+        if not connections:
+            return []
+        return [(int(t), c.topic, c.msgtype, bytes(raw)) for c, t, raw in reader.messages(connections=connections)]
+    finally:
+        reader.close()
