@@ -25,6 +25,8 @@ from __future__ import annotations
 
 import numpy as np
 
+from ..gaussians import SH_C1, SH_C2, SH_C3  # noqa: F401 - the formation uses the map's SH basis
+
 ALPHA_MAX = 0.99
 ALPHA_MIN = 1.0 / 255.0
 TRANSMITTANCE_MIN = 1e-4
@@ -36,17 +38,6 @@ DEFAULT_NEAR = 0.01
 # Every drawn pixel has alpha >= ALPHA_MIN; below this nothing was drawn and depth is 0.
 DEPTH_MIN_ALPHA = 1e-3
 
-SH_C1 = 0.4886025119029199
-SH_C2 = (1.0925484305920792, -1.0925484305920792, 0.31539156525252005, -1.0925484305920792, 0.5462742152960396)
-SH_C3 = (
-    -0.5900435899266435,
-    2.890611442640554,
-    -0.4570457994644658,
-    0.3731763325901154,
-    -0.4570457994644658,
-    1.445305721320277,
-    -0.5900435899266435,
-)
 
 
 def finish_image(
