@@ -35,7 +35,7 @@ from gsvisloc_ros.retrieval import train_vocabulary, vlad
 log = logging.getLogger(__name__)
 
 #: Bump when the encoding changes in a way that invalidates caches.
-ENCODING_VERSION = 1
+ENCODING_VERSION = 2
 LAYOUTS = ("auto", "object", "inside_out")
 
 
@@ -237,7 +237,7 @@ def virtual_views(gmap: GaussianMap, geometry: SceneGeometry, config: SceneConfi
 
     Object layout: cameras on spheres around the centre, looking at it. A camera whose view is
     blocked close in front (it stands behind a backdrop) is pulled in towards the centre until its
-    view is clear; one blocked wherever it is tried is dropped.
+    view is clear (or kept as a close-up of what blocks it after three tries).
     Inside-out layout: cameras at and around the centre, looking out in every direction.
     """
     directions = fibonacci_directions(config.view_directions)
@@ -251,15 +251,15 @@ def virtual_views(gmap: GaussianMap, geometry: SceneGeometry, config: SceneConfi
     for factor in config.distance_factors:
         for d in directions:
             distance = factor * geometry.typical_distance
-            for _ in range(6):
+            for _ in range(4):
                 T = look_at(geometry.centre + distance * d, geometry.centre, _up_for(d))
                 depth = render(gmap, probe, invert_pose(T), near=near).depth
-                if np.mean((depth > 0) & (depth < 0.5 * distance)) < 0.3:
-                    views.append(T)
+                if np.mean((depth > 0) & (depth < 0.35 * distance)) < 0.3:
                     break
                 distance *= 0.7
-    if not views:
-        raise ValueError("no clear viewpoint found around the map's centre")
+            # A view still blocked after being pulled in is kept: it is a close-up of what blocks it
+            # (leaves of a plant, say), which close-up queries need.
+            views.append(T)
     return views
 
 
