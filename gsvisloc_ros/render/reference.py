@@ -16,15 +16,12 @@ from __future__ import annotations
 import numpy as np
 
 from ..camera import PinholeCamera
-from ..gaussians import SH_C0, GaussianMap
+from ..gaussians import GaussianMap, sh_basis
 from .formation import (
     ALPHA_MAX,
     ALPHA_MIN,
     FOV_CLAMP,
     LOWPASS_PX2,
-    SH_C1,
-    SH_C2,
-    SH_C3,
     TRANSMITTANCE_MIN,
     finish_image,
 )
@@ -46,31 +43,8 @@ def quat_to_rotmat(q_wxyz: np.ndarray) -> np.ndarray:
 
 def eval_sh(sh: np.ndarray, dirs: np.ndarray) -> np.ndarray:
     """RGB (before the +0.5 offset) of SH coefficients [N,K,3] seen along unit directions [N,3]."""
-    k = sh.shape[1]
-    x, y, z = (dirs[:, i : i + 1] for i in range(3))
-    basis = [np.full_like(x, SH_C0)]
-    if k > 1:
-        basis += [-SH_C1 * y, SH_C1 * z, -SH_C1 * x]
-    if k > 4:
-        xx, yy, zz = x * x, y * y, z * z
-        basis += [
-            SH_C2[0] * x * y,
-            SH_C2[1] * y * z,
-            SH_C2[2] * (2 * zz - xx - yy),
-            SH_C2[3] * x * z,
-            SH_C2[4] * (xx - yy),
-        ]
-    if k > 9:
-        basis += [
-            SH_C3[0] * y * (3 * xx - yy),
-            SH_C3[1] * x * y * z,
-            SH_C3[2] * y * (4 * zz - xx - yy),
-            SH_C3[3] * z * (2 * zz - 3 * xx - 3 * yy),
-            SH_C3[4] * x * (4 * zz - xx - yy),
-            SH_C3[5] * z * (xx - yy),
-            SH_C3[6] * x * (xx - 3 * yy),
-        ]
-    return sum(b * sh[:, i, :] for i, b in enumerate(basis))
+    degree = int(round(np.sqrt(sh.shape[1]))) - 1
+    return np.einsum("nk,nkc->nc", sh_basis(dirs, degree), sh)
 
 
 def project(gmap: GaussianMap, camera: PinholeCamera, T_camera_world: np.ndarray, near: float) -> dict:
