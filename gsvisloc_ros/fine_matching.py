@@ -18,6 +18,8 @@ from dataclasses import dataclass
 import cv2
 import numpy as np
 
+from gsvisloc_ros.jit import jit
+
 
 @dataclass(frozen=True)
 class FineMatchingConfig:
@@ -46,10 +48,74 @@ def _grey(image: np.ndarray) -> np.ndarray:
     return np.ascontiguousarray(image, dtype=np.float32)
 
 
-def _peak_offset(left: float, centre: float, right: float) -> float:
+@jit(fastmath=True)
+def _search(ref, tgt, ref_px, tgt_px, half, radius, min_score):  # pragma: no cover (compiled)
+    """ZNCC of each reference patch over its search window; (sub-pixel offset [N, 2], found [N])."""
+    n = ref_px.shape[0]
+    offsets = np.zeros((n, 2), np.float64)
+    found = np.zeros(n, np.bool_)
+    side = 2 * half + 1
+    count = side * side
+    span = 2 * radius + 1
+    h_ref, w_ref = ref.shape
+    h_tgt, w_tgt = tgt.shape
+    reach = half + radius
+    scores = np.empty((span, span), np.float64)
+    template = np.empty((side, side), np.float64)
+    for i in range(n):
+        ur, vr = ref_px[i, 0], ref_px[i, 1]
+        ut, vt = tgt_px[i, 0], tgt_px[i, 1]
+        if not (half <= ur < w_ref - half and half <= vr < h_ref - half):
+            continue
+        if not (reach <= ut < w_tgt - reach and reach <= vt < h_tgt - reach):
+            continue
+        mean = 0.0
+        for r in range(side):
+            for c in range(side):
+                template[r, c] = ref[vr - half + r, ur - half + c]
+                mean += template[r, c]
+        mean /= count
+        energy = 0.0
+        for r in range(side):
+            for c in range(side):
+                template[r, c] -= mean
+                energy += template[r, c] * template[r, c]
+        if energy < count:  # standard deviation below one grey level: a flat patch has no position
+            continue
+        best, best_r, best_c = -2.0, 0, 0
+        for dr in range(span):
+            for dc in range(span):
+                top, left = vt - reach + dr, ut - reach + dc
+                total = 0.0
+                square = 0.0
+                cross = 0.0
+                for r in range(side):
+                    for c in range(side):
+                        x = tgt[top + r, left + c]
+                        total += x
+                        square += x * x
+                        cross += x * template[r, c]
+                variance = square - total * total / count
+                score = cross / np.sqrt(energy * variance) if variance > 1e-6 else 0.0
+                scores[dr, dc] = score
+                if score > best:
+                    best, best_r, best_c = score, dr, dc
+        last = span - 1
+        if best < min_score or best_r == 0 or best_r == last or best_c == 0 or best_c == last:
+            continue
+        offsets[i, 0] = best_c - radius + _peak_offset(scores[best_r, best_c - 1], best, scores[best_r, best_c + 1])
+        offsets[i, 1] = best_r - radius + _peak_offset(scores[best_r - 1, best_c], best, scores[best_r + 1, best_c])
+        found[i] = True
+    return offsets, found
+
+
+@jit(inline="always")
+def _peak_offset(left, centre, right):  # pragma: no cover (compiled)
     """Sub-sample position of a peak from three samples (parabola vertex), within [-0.5, 0.5]."""
     curvature = left - 2.0 * centre + right
-    return 0.0 if curvature >= 0 else float(np.clip(0.5 * (left - right) / curvature, -0.5, 0.5))
+    if curvature >= 0:
+        return 0.0
+    return min(0.5, max(-0.5, 0.5 * (left - right) / curvature))
 
 
 def refine_matches(
@@ -64,39 +130,16 @@ def refine_matches(
     Patches are cut at whole pixels (no interpolation, which would blur the two images
     differently): each reference point moves to its nearest pixel centre, and the target position
     of that pixel is measured. Returns (reference pixels [N, 2], target positions [N, 2], kept
-    mask [N]); a match is dropped when a patch leaves the image, its correlation peak is below
-    ``min_score`` or lies on the search border.
+    mask [N]); a match is dropped when a patch leaves the image or is flat (standard deviation
+    below one grey level), or its correlation peak is below ``min_score`` or lies on the search
+    border.
     """
     cfg = config or FineMatchingConfig()
-    ref, tgt = _grey(reference), _grey(target)
-    half, radius = cfg.window // 2, cfg.radius
-    ref_px = np.rint(np.asarray(reference_uv, dtype=np.float64))
-    tgt_guess = np.asarray(target_uv, dtype=np.float64) + (ref_px - reference_uv)
+    reference_uv = np.asarray(reference_uv, dtype=np.float64).reshape(-1, 2)
+    ref_px = np.rint(reference_uv)
+    tgt_guess = np.asarray(target_uv, dtype=np.float64).reshape(-1, 2) + (ref_px - reference_uv)
     tgt_px = np.rint(tgt_guess)
-    refined = tgt_guess.copy()
-    keep = np.zeros(len(refined), dtype=bool)
-    h_ref, w_ref = ref.shape
-    h_tgt, w_tgt = tgt.shape
-    reach = half + radius
-    for i in range(len(refined)):
-        ur, vr = int(ref_px[i, 0]), int(ref_px[i, 1])
-        ut, vt = int(tgt_px[i, 0]), int(tgt_px[i, 1])
-        if not (half <= ur < w_ref - half and half <= vr < h_ref - half):
-            continue
-        if not (reach <= ut < w_tgt - reach and reach <= vt < h_tgt - reach):
-            continue
-        template = ref[vr - half: vr + half + 1, ur - half: ur + half + 1]
-        if template.std() < 1.0:
-            continue  # flat patch: no position to find
-        search = tgt[vt - reach: vt + reach + 1, ut - reach: ut + reach + 1]
-        scores = cv2.matchTemplate(search, template, cv2.TM_CCOEFF_NORMED)
-        row, col = np.unravel_index(int(np.argmax(scores)), scores.shape)
-        best = float(scores[row, col])
-        last = 2 * radius
-        if best < cfg.min_score or row in (0, last) or col in (0, last):
-            continue
-        du = col - radius + _peak_offset(scores[row, col - 1], best, scores[row, col + 1])
-        dv = row - radius + _peak_offset(scores[row - 1, col], best, scores[row + 1, col])
-        refined[i] = (ut + du, vt + dv)
-        keep[i] = True
+    offsets, keep = _search(_grey(reference), _grey(target), ref_px.astype(np.int64), tgt_px.astype(np.int64),
+                            cfg.window // 2, cfg.radius, float(cfg.min_score))
+    refined = np.where(keep[:, None], tgt_px + offsets, tgt_guess)
     return ref_px, refined, keep

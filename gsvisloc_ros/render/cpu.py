@@ -22,7 +22,6 @@ on first use and cached on disk by numba (``cache=True``; ``NUMBA_CACHE_DIR`` mo
 
 from __future__ import annotations
 
-import logging
 import math
 import threading
 from collections import OrderedDict
@@ -33,6 +32,7 @@ import numpy as np
 
 from ..camera import PinholeCamera
 from ..gaussians import SH_C0, GaussianMap
+from ..jit import jit
 from .formation import (
     ALPHA_MAX,
     ALPHA_MIN,
@@ -44,32 +44,6 @@ from .formation import (
     SH_C3,
     TRANSMITTANCE_MIN,
 )
-
-logger = logging.getLogger(__name__)
-
-
-_uncached: list[str] = []
-
-
-def _jit(**options):
-    """``numba.njit(cache=True, **options)``, or without the disk cache where it cannot be written.
-
-    numba caches beside the source, else in the user's cache directory; when neither is writable
-    (a read-only install run by a user without a home) it would refuse to compile at import.
-    ``NUMBA_CACHE_DIR`` points it elsewhere.
-    """
-
-    def decorate(function):
-        try:
-            return nb.njit(cache=True, **options)(function)
-        except RuntimeError as exc:  # "cannot cache function ...: no locator available"
-            if not _uncached:
-                logger.warning("%s; the renderer will be compiled in every process (set NUMBA_CACHE_DIR)", exc)
-            _uncached.append(function.__name__)
-            return nb.njit(**options)(function)
-
-    return decorate
-
 
 TILE = 16
 CACHE_SIZE = 4
@@ -129,7 +103,7 @@ def prepare(gmap: GaussianMap) -> PreparedMap:
     return prepared
 
 
-@_jit()
+@jit()
 def _covariances(quats, scales):
     """World-frame covariances (xx, xy, xz, yy, yz, zz) [N, 6] of (w, x, y, z) quaternions and scales."""
     n = quats.shape[0]
@@ -212,7 +186,7 @@ def render(
     return rgb, depth, alpha
 
 
-@_jit(inline="always")
+@jit(inline="always")
 def _sh_color(sh, i, c, degree, dx, dy, dz):
     """SH evaluation of channel ``c`` of Gaussian ``i`` along the unit direction (dx, dy, dz)."""
     result = SH_C0 * sh[i, 0, c]
@@ -241,7 +215,7 @@ def _sh_color(sh, i, c, degree, dx, dy, dz):
     return max(result + 0.5, 0.0)
 
 
-@_jit()
+@jit()
 def _project(means, cov3d, opacities, sh, degree, R, t, campos, intrinsics, limits, width, height, near, params, rects):
     fx, fy, cx, cy = intrinsics[0], intrinsics[1], intrinsics[2], intrinsics[3]
     for i in range(means.shape[0]):
@@ -323,7 +297,7 @@ def _project(means, cov3d, opacities, sh, degree, R, t, campos, intrinsics, limi
         rects[i, 3] = int(y1)
 
 
-@_jit(inline="always")
+@jit(inline="always")
 def _row_span(u, a, b, c, qmax, dy):
     """x-interval of the ellipse ``a dx^2 + 2 b dx dy + c dy^2 <= qmax`` on the row at offset dy."""
     disc = b * b * dy * dy - a * (c * dy * dy - qmax)
@@ -334,7 +308,7 @@ def _row_span(u, a, b, c, qmax, dy):
     return centre - half, centre + half
 
 
-@_jit(inline="always")
+@jit(inline="always")
 def _band_span(params, i, y_lo, y_hi):
     """x-interval of Gaussian i's ellipse over the rows y_lo..y_hi (inside its bounding box)."""
     u, v = np.float64(params[i, P_U]), np.float64(params[i, P_V])
@@ -350,7 +324,7 @@ def _band_span(params, i, y_lo, y_hi):
     return lo, hi
 
 
-@_jit()
+@jit()
 def _depth_order(params, rects):
     """Indices of the visible Gaussians, front to back (stable: ties keep index order).
 
@@ -390,7 +364,7 @@ def _depth_order(params, rects):
     return order
 
 
-@_jit(inline="always")
+@jit(inline="always")
 def _tile_columns(params, i, x0, x1, y0, y1, ty):
     """First and last tile column where Gaussian i's ellipse meets tile row ``ty`` (empty: last < first)."""
     if y0 // TILE == y1 // TILE:  # one tile row: the band holds the whole ellipse
@@ -403,7 +377,7 @@ def _tile_columns(params, i, x0, x1, y0, y1, ty):
     return xa // TILE, xb // TILE
 
 
-@_jit()
+@jit()
 def _gather(params, rects, order):
     """The records of the Gaussians ``order``, in that order."""
     m = order.shape[0]
@@ -418,7 +392,7 @@ def _gather(params, rects, order):
     return params_out, rects_out
 
 
-@_jit()
+@jit()
 def _bin(params, rects, tiles_x, tiles_y):
     """Per-tile lists of indices of depth-sorted Gaussians, front to back: (start [tiles+1], indices).
 
@@ -458,7 +432,7 @@ def _bin(params, rects, tiles_x, tiles_y):
     return start, indices
 
 
-@_jit(fastmath=True, inline="always")
+@jit(fastmath=True, inline="always")
 def _exp_neg(x):
     """exp(x) for x in [-6, 0] in float32, branch-free so that pixel rows vectorise.
 
@@ -489,7 +463,7 @@ _PIX = TILE * TILE
 _B_T, _B_R, _B_G, _B_B, _B_Z = (k * _PIX for k in range(5))
 
 
-@_jit(parallel=True, fastmath=True)
+@jit(parallel=True, fastmath=True)
 def _composite(params, tile_start, tile_list, width, height, tiles_x, bg, rgb, depth, alpha_out):
     n_tiles = tile_start.shape[0] - 1
     for tile in nb.prange(n_tiles):
