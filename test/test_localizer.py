@@ -2,10 +2,14 @@
 
 from __future__ import annotations
 
+import copy
+import dataclasses
 import json
 
+import cv2
 import numpy as np
 import pytest
+from scipy.spatial.transform import Rotation
 
 from gsvisloc_ros.camera import PinholeCamera, invert_pose, look_at, pose_errors
 from gsvisloc_ros.localizer import Localizer, LocalizerConfig
@@ -55,6 +59,37 @@ def test_a_prior_pose_narrows_the_search(tabletop_localizer):
     result = tabletop_localizer.localize(image, CAMERA, prior=prior)
     assert result.success and result.coarse_source in ("prior", "prior views")
     assert pose_errors(result.T_world_camera, T_true)[0] < 0.01
+
+
+@pytest.mark.parametrize("first_scale", [0.5, 1.0])
+def test_refinement_from_a_prior_a_few_degrees_off_is_accurate_at_any_first_scale(tabletop_localizer, first_scale):
+    image, T_true = _query(tabletop_localizer, (-0.8, 0.3, 0.55), (0.05, 0.0, 0.1), roll_deg=20.0)
+    prior = T_true.copy()
+    prior[:3, :3] = Rotation.from_rotvec(np.radians(3.0) * np.array([0.6, -0.8, 0.0])).as_matrix() @ T_true[:3, :3]
+    prior[:3, 3] += [0.02, 0.01, -0.01]
+    localizer = copy.copy(tabletop_localizer)
+    localizer.config = dataclasses.replace(tabletop_localizer.config, refine_first_scale=first_scale)
+    result = localizer.localize(image, CAMERA, prior=prior)
+    assert result.success and result.coarse_source == "prior", result.failure_reason
+    dt, dr = pose_errors(result.T_world_camera, T_true)
+    assert dt < 0.005 and dr < 0.2, (dt, dr)
+
+
+def test_a_half_resolution_round_brings_the_pose_close(tabletop_localizer):
+    """The cheap first round must itself move the estimate towards the truth (not leave it to the next)."""
+    image, T_true = _query(tabletop_localizer, (-0.8, 0.3, 0.55), (0.05, 0.0, 0.1), roll_deg=20.0)
+    prior = T_true.copy()
+    prior[:3, :3] = Rotation.from_rotvec(np.radians(3.0) * np.array([0.6, -0.8, 0.0])).as_matrix() @ T_true[:3, :3]
+    half = CAMERA.scaled(0.5)
+    small = cv2.resize(image, half.size, interpolation=cv2.INTER_AREA)
+    estimate = tabletop_localizer._refine_round(small, tabletop_localizer.encoder.extract(small), half, prior)
+    assert estimate.success
+    assert pose_errors(estimate.T_world_camera, T_true)[1] < 0.5
+
+
+def test_refinement_settings_are_validated():
+    with pytest.raises(ValueError, match="refine_first_scale"):
+        LocalizerConfig(refine_first_scale=0.1)
 
 
 def test_a_wrong_prior_costs_time_not_the_pose(tabletop_localizer):
