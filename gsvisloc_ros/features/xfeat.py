@@ -121,8 +121,13 @@ class XFeatEncoder:
         image = check_image(image, MIN_IMAGE_SIDE)
         height, width = image.shape[:2]
         # The network averages the colour channels itself; do it here and send one channel.
-        gray = image.astype(np.float32).mean(axis=2) if image.ndim == 3 else image.astype(np.float32)
-        gray /= 255.0
+        if image.ndim == 3:
+            gray = image[:, :, 0].astype(np.float32)
+            gray += image[:, :, 1]
+            gray += image[:, :, 2]
+            gray *= 1.0 / (3.0 * 255.0)
+        else:
+            gray = image.astype(np.float32) * (1.0 / 255.0)
         scale = (1.0, 1.0)  # input pixels per network pixel, along (u, v)
         if self.config.max_side is not None and max(width, height) > self.config.max_side:
             factor = self.config.max_side / max(width, height)
@@ -169,8 +174,7 @@ class XFeatEncoder:
         heat = F.softmax(logits, dim=1)[:, :64]
         heat = heat.permute(0, 2, 3, 1).reshape(hc, wc, STRIDE, STRIDE).permute(0, 2, 1, 3)
         heat = heat.reshape(hc * STRIDE, wc * STRIDE)
-        pad = cfg.nms_size // 2
-        local_max = F.max_pool2d(heat[None, None], kernel_size=cfg.nms_size, stride=1, padding=pad)[0, 0]
+        local_max = _max_filter(heat, cfg.nms_size)
         w, h = valid_size
         peak = (heat == local_max) & (heat > cfg.detection_threshold)
         peak[h:, :] = False
@@ -195,6 +199,25 @@ class XFeatEncoder:
             scores=score.float().cpu().numpy(),
             image_size=image_size,
         )
+
+
+def _max_filter(heat, size: int):
+    """Maximum over the ``size`` x ``size`` window around each pixel of a 2D tensor.
+
+    On the CPU, OpenCV's dilation gives the same values as torch's ``max_pool2d`` ~100x faster
+    (0.1 vs 11 ms for 512x384 here); replicating the border adds no value that is not already in
+    the window, exactly as max-pooling's -inf padding.
+    """
+    import torch
+    import torch.nn.functional as F
+
+    if heat.device.type == "cpu":
+        import cv2
+
+        kernel = np.ones((size, size), np.uint8)
+        dilated = cv2.dilate(heat.contiguous().float().numpy(), kernel, borderType=cv2.BORDER_REPLICATE)
+        return torch.from_numpy(dilated).to(heat.dtype)
+    return F.max_pool2d(heat[None, None], kernel_size=size, stride=1, padding=size // 2)[0, 0]
 
 
 def _sample(feature_map, uv, mode: str):
