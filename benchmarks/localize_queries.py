@@ -27,6 +27,7 @@ from scipy.spatial.transform import Rotation
 from gsvisloc_ros.camera import PinholeCamera, pose_errors
 from gsvisloc_ros.evaluation.metrics import summarise
 from gsvisloc_ros.localizer import Localizer, LocalizerConfig
+from gsvisloc_ros.scene import SceneConfig
 
 
 def _camera(spec: dict, query: dict, width: int, height: int) -> PinholeCamera:
@@ -50,13 +51,17 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("queries")
     parser.add_argument("--out", help="write predictions JSON here")
     parser.add_argument("--prior", action="store_true", help="also time tracking mode with a nearby prior")
+    parser.add_argument("--scene-config", default="{}", metavar="JSON",
+                        help='SceneConfig fields to change, e.g. \'{"close_aims": 4}\'')
     args = parser.parse_args(argv)
 
     spec = json.loads(Path(args.queries).read_text())
     items = spec["queries"] if isinstance(spec, dict) else spec
     root = Path(args.queries).parent
     start = time.perf_counter()
-    localizer = Localizer.from_file(args.map, LocalizerConfig())
+    scene = SceneConfig(**{k: tuple(v) if isinstance(v, list) else v
+                           for k, v in json.loads(args.scene_config).items()})
+    localizer = Localizer.from_file(args.map, LocalizerConfig(scene=scene))
     print(f"map ready in {time.perf_counter() - start:.1f} s", file=sys.stderr)
 
     rng = np.random.default_rng(0)

@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+from dataclasses import replace
+
 import numpy as np
 import pytest
 
@@ -89,6 +91,24 @@ def test_virtual_views_stay_outside_objects_and_inside_rooms():
     views = np.array([T[:3, 3] for T in virtual_views(table, geometry, config)])
     distance = np.linalg.norm(views - geometry.centre, axis=1)
     assert np.all(distance < 2.0) and np.median(distance) > 0.5
+
+
+def test_close_cameras_also_look_off_the_centre():
+    table = make_scene("tabletop", detail=0.5)
+    config = SceneConfig(view_directions=10, distance_factors=(0.6, 1.3), close_aims=3, aim_tilt_deg=30.0)
+    geometry = analyse_geometry(table, config)
+    views = np.asarray(virtual_views(table, geometry, config))
+    plain = np.asarray(virtual_views(table, geometry, replace(config, close_aims=0)))
+    assert len(plain) == 20 and 20 < len(views) <= 20 + 3 * 10
+    centre_looking = {tuple(np.round(T[:3, 3], 9)): T for T in plain}
+    aimed = [T for T in views if not any(np.allclose(T, P) for P in plain)]
+    assert len(aimed) == len(views) - len(plain)
+    for T in aimed:  # from the position of a close centre-looking view, turned 30 degrees off its axis
+        origin = centre_looking[tuple(np.round(T[:3, 3], 9))]
+        assert np.linalg.norm(origin[:3, 3] - geometry.centre) < geometry.typical_distance
+        assert np.degrees(np.arccos(np.clip(T[:3, 2] @ origin[:3, 2], -1, 1))) == pytest.approx(30.0, abs=1e-6)
+    with pytest.raises(ValueError, match="close_aims"):
+        SceneConfig(close_aims=-1)
 
 
 @pytest.fixture(scope="module")
