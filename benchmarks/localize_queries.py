@@ -53,6 +53,8 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--prior", action="store_true", help="also time tracking mode with a nearby prior")
     parser.add_argument("--scene-config", default="{}", metavar="JSON",
                         help='SceneConfig fields to change, e.g. \'{"close_aims": 4}\'')
+    parser.add_argument("--localizer-config", default="{}", metavar="JSON",
+                        help='LocalizerConfig fields to change, e.g. \'{"wide_shortlist": 0}\'')
     args = parser.parse_args(argv)
 
     spec = json.loads(Path(args.queries).read_text())
@@ -61,7 +63,7 @@ def main(argv: list[str] | None = None) -> int:
     start = time.perf_counter()
     scene = SceneConfig(**{k: tuple(v) if isinstance(v, list) else v
                            for k, v in json.loads(args.scene_config).items()})
-    localizer = Localizer.from_file(args.map, LocalizerConfig(scene=scene))
+    localizer = Localizer.from_file(args.map, LocalizerConfig(scene=scene, **json.loads(args.localizer_config)))
     print(f"map ready in {time.perf_counter() - start:.1f} s", file=sys.stderr)
 
     rng = np.random.default_rng(0)

@@ -50,6 +50,15 @@ class LocalizerConfig:
         retrieval_shortlist: virtual images retrieved by VLAD, then re-ranked by close descriptor matches.
         rerank_similarity: cosine similarity that counts as a close match when re-ranking.
         retrieval_views: best re-ranked virtual images whose keypoints the query is matched against.
+        wide_shortlist: when the first retrieval gives no accepted pose, the virtual images ranked
+            by VLAD after the first shortlist, down to this rank, are re-ranked too (0: no wide
+            search). VLAD alone ranks the one image a close-up matches anywhere in the first
+            ~50-400 (measured on plant close-ups). Off by default: at 160 it localized 1 more of
+            20 plant close-ups (own query set) but added ~1.3 s to every image that ends without
+            a pose (images of something else included), which raised the plant's median latency
+            from ~0.53 to ~0.97 s.
+        wide_views: images taken from the wide shortlist by each of two scores: close descriptor
+            matches, and mutual nearest-neighbour matches (the view matcher's own count).
         view_matching: matcher settings for query vs virtual views and vs renders.
         landmark_matching: matcher settings for the global fallback against all landmarks.
         coarse_pnp: PnP settings on matches to stored views (landmark positions are approximate).
@@ -82,6 +91,8 @@ class LocalizerConfig:
     retrieval_shortlist: int = 32
     rerank_similarity: float = 0.8
     retrieval_views: int = 4
+    wide_shortlist: int = 0
+    wide_views: int = 3
     view_matching: MatchingConfig = field(default_factory=lambda: MatchingConfig(min_similarity=0.6))
     landmark_matching: MatchingConfig = field(default_factory=lambda: MatchingConfig(min_similarity=0.75))
     coarse_pnp: PnPConfig = field(default_factory=lambda: PnPConfig(max_reproj_error=8.0, compute_covariance=False))
@@ -102,6 +113,8 @@ class LocalizerConfig:
     def __post_init__(self) -> None:
         if self.query_keypoints < 16:
             raise ValueError(f"query_keypoints must be >= 16, got {self.query_keypoints}")
+        if self.wide_shortlist < 0 or self.wide_views < 1:
+            raise ValueError("wide_shortlist must be >= 0 and wide_views >= 1")
         if self.retrieval_views < 1 or self.refine_iterations < 0:
             raise ValueError("retrieval_views must be >= 1 and refine_iterations >= 0")
         if not 0.2 <= self.refine_first_scale <= 1:
@@ -166,6 +179,8 @@ class Localizer:
             gmap, self.encoder, self.config.scene,
             Path(self.config.cache_dir) if self.config.cache_dir else None, progress=progress,
         )
+        # float32 once here: ranking converted the float16 VLAD table (35 MB) on every query.
+        self._image_vlad = np.asarray(self.scene.image_vlad, dtype=np.float32)
         self._lock = threading.Lock()
 
     @classmethod
@@ -226,14 +241,16 @@ class Localizer:
             ok, reason = cfg.acceptance.check(estimate)
             if ok:
                 return self._result(estimate, ok, reason, timer, "prior")
-        # Coarse searches, cheapest first: around the prior, then global, then global with the
-        # query turned by 45 degrees (the scene's roll buckets are 90 degrees apart, so every roll
-        # is then within 22.5 degrees of one). A wrong prior costs time, never the pose.
+        # Coarse searches, cheapest first: around the prior, then global, then global among more
+        # virtual images, then global with the query turned by 45 degrees (the scene's roll buckets
+        # are 90 degrees apart, so every roll is then within 22.5 degrees of one). A wrong prior
+        # costs time, never the pose.
         searches = [("prior", query)] if prior is not None else []
-        searches += [("global", query)] + ([("global", None)] if cfg.retry_rotated else [])
+        searches += [("global", query)] + ([("wide", query)] if cfg.wide_shortlist > cfg.retrieval_shortlist else [])
+        searches += [("global", None)] if cfg.retry_rotated else []
         for kind, features in searches:
             features = features if features is not None else self._rotated_features(image)
-            hypotheses, source = self._coarse(features, camera, prior if kind == "prior" else None, timer,
+            hypotheses, source = self._coarse(features, camera, kind, prior, timer,
                                               landmarks=kind == "global" and features is query)
             budget = len(refined) + cfg.max_refinements
             for coarse in hypotheses:
@@ -264,15 +281,28 @@ class Localizer:
             "" if ok else f"rejected: {reason}", timer.ms, source,
         )
 
-    def _coarse(self, features, camera, prior, timer: _Timer, landmarks: bool) -> tuple[list[PoseEstimate], str]:
-        """Coarse pose hypotheses (most inliers first) and where they came from."""
+    def _coarse(self, features, camera, kind: str, prior, timer: _Timer,
+                landmarks: bool) -> tuple[list[PoseEstimate], str]:
+        """Coarse pose hypotheses (most inliers first) and where they came from.
+
+        ``kind``: ``"prior"`` (the virtual images nearest to ``prior``), ``"global"`` (VLAD shortlist
+        re-ranked by close matches) or ``"wide"`` (the VLAD ranks after that shortlist).
+        """
         cfg = self.config
-        if prior is not None:
+        if kind == "prior":
             images, source = self._nearest_images(prior, cfg.retrieval_views), "prior views"
         else:
-            shortlist = rank(vlad(features.descriptors, self.scene.vocabulary), self.scene.image_vlad,
-                             cfg.retrieval_shortlist)[0]
-            images, source = self._rerank(features.descriptors, shortlist)[: cfg.retrieval_views], "views"
+            depth = cfg.retrieval_shortlist if kind == "global" else cfg.wide_shortlist
+            ranked = rank(vlad(features.descriptors, self.scene.vocabulary), self._image_vlad, depth)[0]
+            if kind == "global":
+                close, _ = self._view_scores(features.descriptors, ranked)
+                images = ranked[np.argsort(-close, kind="stable")][: cfg.retrieval_views]
+            else:
+                ranked = ranked[cfg.retrieval_shortlist:]
+                close, mutual = self._view_scores(features.descriptors, ranked)
+                best = [ranked[np.argsort(-score, kind="stable")][: cfg.wide_views] for score in (close, mutual)]
+                images = np.unique(np.concatenate(best))
+            source = "views"
         timer.lap("retrieval")
         hypotheses = self._coarse_from_images(features, camera, images, timer)
         if landmarks and (not hypotheses or hypotheses[0].num_inliers < cfg.min_coarse_inliers):
@@ -313,18 +343,25 @@ class Localizer:
         roll = 1.0 - down @ prior[:3, 1]
         return np.argsort(position + direction + roll)[:count]
 
-    def _rerank(self, descriptors: np.ndarray, images: np.ndarray) -> np.ndarray:
-        """``images`` sorted by how many query descriptors find a close match among their keypoints."""
+    def _view_scores(self, descriptors: np.ndarray, images: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
+        """Per virtual image: query descriptors with a close match among its keypoints (cosine above
+        ``rerank_similarity``), and mutual nearest-neighbour matches above the view matcher's threshold."""
         import torch
 
         query = torch.as_tensor(descriptors)
-        votes = []
+        close, mutual = np.zeros(len(images), np.int64), np.zeros(len(images), np.int64)
         with torch.inference_mode():
-            for i in images:
+            for n, i in enumerate(images):
                 keypoints = torch.as_tensor(self.scene.obs_descriptors[self.scene.image_observations(int(i))])
-                best = (query @ keypoints.float().T).amax(dim=1) if len(keypoints) else torch.zeros(0)
-                votes.append(int((best > self.config.rerank_similarity).sum()))
-        return np.asarray(images)[np.argsort(-np.asarray(votes), kind="stable")]
+                if not len(keypoints) or not len(query):
+                    continue
+                similarity = query @ keypoints.float().T
+                best, nearest = similarity.max(dim=1)
+                back = similarity.argmax(dim=0)
+                close[n] = int((best > self.config.rerank_similarity).sum())
+                is_mutual = back[nearest] == torch.arange(len(query))
+                mutual[n] = int((is_mutual & (best >= self.config.view_matching.min_similarity)).sum())
+        return close, mutual
 
     def _coarse_from_images(self, query, camera, images, timer: _Timer) -> list[PoseEstimate]:
         """One PnP hypothesis per virtual image from matches to its stored keypoints, best first."""

@@ -12,8 +12,9 @@ import pytest
 from scipy.spatial.transform import Rotation
 
 from gsvisloc_ros.camera import PinholeCamera, invert_pose, look_at, pose_errors
-from gsvisloc_ros.localizer import Localizer, LocalizerConfig
+from gsvisloc_ros.localizer import Localizer, LocalizerConfig, _Timer
 from gsvisloc_ros.render import render
+from gsvisloc_ros.retrieval import rank, vlad
 from gsvisloc_ros.scene import SceneConfig
 from gsvisloc_ros.synthetic import make_scene
 
@@ -87,9 +88,30 @@ def test_a_half_resolution_round_brings_the_pose_close(tabletop_localizer):
     assert pose_errors(estimate.T_world_camera, T_true)[1] < 0.5
 
 
+def test_the_wide_search_finds_a_pose_among_images_beyond_the_first_shortlist(tabletop_localizer):
+    image, T_true = _query(tabletop_localizer, (0.9, 0.5, 0.6), (0.0, 0.0, 0.1))
+    localizer = copy.copy(tabletop_localizer)
+    localizer.config = dataclasses.replace(tabletop_localizer.config, retrieval_shortlist=3, wide_shortlist=60)
+    features = localizer.encoder.extract(image)
+    first = rank(vlad(features.descriptors, localizer.scene.vocabulary), localizer._image_vlad, 3)[0]
+    used = []
+    original = localizer._coarse_from_images
+
+    def spy(query, camera, images, timer):
+        used.extend(int(i) for i in images)
+        return original(query, camera, images, timer)
+
+    localizer._coarse_from_images = spy
+    hypotheses, _ = localizer._coarse(features, CAMERA, "wide", None, _Timer(), landmarks=False)
+    assert used and not set(used) & set(first.tolist())
+    assert hypotheses and pose_errors(hypotheses[0].T_world_camera, T_true)[1] < 5.0
+
+
 def test_refinement_settings_are_validated():
     with pytest.raises(ValueError, match="refine_first_scale"):
         LocalizerConfig(refine_first_scale=0.1)
+    with pytest.raises(ValueError, match="wide_shortlist"):
+        LocalizerConfig(wide_shortlist=-1)
 
 
 def test_a_wrong_prior_costs_time_not_the_pose(tabletop_localizer):
