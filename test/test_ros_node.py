@@ -302,6 +302,22 @@ def test_map_to_odom_makes_map_to_camera_equal_the_estimate(world, harness_facto
     assert "initialpose used as prior" in h.status_for(stamp).message
 
 
+def test_frames_after_a_fix_are_tracked_from_it_until_track_timeout(world, harness_factory):
+    h = harness_factory({"track_timeout": 2.0}, localizer=world.localizer)
+    first = _seconds(h.send_until_pose(world.image).header.stamp)
+    moved, T_moved = world.view((0.86, 0.55, 0.62), (0.01, 0.0, 0.1))  # the camera moved a few cm
+    time.sleep(1.0)  # frames send_until_pose sent after the first pose's have been handled
+    stamp = h.send(moved, first + 1.75)  # later than any of them, within track_timeout of a fix
+    status = h.status_for(stamp)
+    assert status.level == DiagnosticStatus.OK and "tracking from the last pose" in status.message, status.message
+    pose = h.wait(lambda: [m for m in h.messages("pose") if _seconds(m.header.stamp) == stamp], 60, "the tracked pose")
+    dt, dr = pose_errors(M.pose_to_matrix(pose[0].pose), T_moved)
+    assert dt < MAX_DT and dr < MAX_DR, (dt, dr)
+    late = h.send(world.image, stamp + 10.0)  # beyond track_timeout: a global search again
+    status = h.status_for(late)
+    assert status.level == DiagnosticStatus.OK and "tracking" not in status.message, status.message
+
+
 # ------------------------------------------------------------------------------ no pose, bad input
 
 

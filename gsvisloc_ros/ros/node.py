@@ -34,9 +34,10 @@ Every output about a frame carries that image's stamp (map -> odom: the stamp pl
 Work model: subscription callbacks never block. The newest frame waits in a slot of one; a frame
 replaced before the worker took it is dropped and counted. One worker thread converts, undistorts
 and localizes; the map loads in its own thread, so the node comes up at once and reports
-"loading" in the diagnostics. A pose is published only when the localizer accepted it and the
-jump gate (:class:`JumpGate`) let it through. Bad input never stops the node: the reason goes to
-the diagnostics.
+"loading" in the diagnostics. Within ``track_timeout`` of an accepted fix, frames are localized from
+it (moved by odometry when odom -> camera is in TF): the localizer's tracking mode. A pose is
+published only when the localizer accepted it and the jump gate (:class:`JumpGate`) let it through.
+Bad input never stops the node: the reason goes to the diagnostics.
 """
 
 from __future__ import annotations
@@ -205,6 +206,8 @@ class GsvislocNode(Node):
         self._camera = None  # CameraModel, or a str saying why camera_info is unusable
         self._camera_key = None
         self._initialpose = None
+        # The last accepted fix: (stamp seconds, camera frame, T_map_camera, T_odom_camera or None).
+        self._last_fix: tuple[float, str, np.ndarray, np.ndarray | None] | None = None
         self._last_map_odom: tuple[np.ndarray, str] | None = None
         self._path = Path()
         self._level, self._message = OK, "starting"
@@ -303,6 +306,7 @@ class GsvislocNode(Node):
             self._generation += 1
             generation = self._generation
             self._map_state = "loading"
+            self._last_fix = None  # poses in the old map are no prior in the new one
         threading.Thread(target=self._load, args=(generation, self._params), name="gsvisloc-loader",
                          daemon=True).start()
 
@@ -471,6 +475,9 @@ class GsvislocNode(Node):
             return self._fail(ERROR, "bad input: the image has no frame_id and camera_frame is not set", stamp=stamp)
         image = model.undistort(image)
         prior, prior_note = self._take_prior(camera_frame, p)
+        seconds = Time.from_msg(stamp).nanoseconds / 1e9
+        if prior is None:
+            prior, prior_note = self._tracking_prior(camera_frame, stamp, seconds, p)
 
         start = time.monotonic()
         result = localizer.localize(image, model.camera, prior)
@@ -488,6 +495,9 @@ class GsvislocNode(Node):
             self._stats.jumps_rejected += 1
             return self._fail(WARN, note, stamp=stamp, count=False)
         self._publish_fix(T_map_camera, result, camera_frame, stamp, model, p, localizer)
+        T_odom_camera = self._lookup(p.odom_frame, camera_frame, stamp, 0.0) if p.odom_frame else None
+        with self._lock:
+            self._last_fix = (seconds, camera_frame, T_map_camera, T_odom_camera)
         self._stats.accepted += 1
         self._stats.last_latency_ms = 1000.0 * (time.monotonic() - frame.received)
         self._set_status(OK, f"localized: {result.num_inliers} inliers, rmse {result.reprojection_rmse_px:.2f} px"
@@ -508,6 +518,22 @@ class GsvislocNode(Node):
             except Exception:  # noqa: BLE001 - a malformed transform in the buffer
                 return None
         return None
+
+    def _tracking_prior(self, camera_frame: str, stamp, seconds: float,
+                        p: P.NodeParams) -> tuple[np.ndarray | None, str]:
+        """The last accepted pose as the prior of this frame (moved by odometry when TF has it), if recent."""
+        with self._lock:
+            last = self._last_fix
+        if last is None or p.track_timeout <= 0:
+            return None, ""
+        when, frame, T_map_camera, T_odom_camera = last
+        if frame != camera_frame or abs(seconds - when) > p.track_timeout:
+            return None, ""
+        if T_odom_camera is not None:
+            T_odom_now = self._lookup(p.odom_frame, camera_frame, stamp, 0.0)
+            if T_odom_now is not None:
+                return T_map_camera @ invert_pose(T_odom_camera) @ T_odom_now, " (tracking, moved by odometry)"
+        return T_map_camera, " (tracking from the last pose)"
 
     def _take_prior(self, camera_frame: str, p: P.NodeParams) -> tuple[np.ndarray | None, str]:
         """The camera pose in map_frame from a pending /initialpose (consumed), and a note about it."""

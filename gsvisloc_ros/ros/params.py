@@ -61,6 +61,10 @@ PARAMETERS: tuple[Spec, ...] = (
     Spec("transform_tolerance", 1.0, "seconds map -> odom is post-dated by (as nav2 AMCL)", 0.0, 60.0),
     Spec("tf_republish_rate", 10.0, "Hz at which the last map -> odom is republished post-dated from now, so "
          "lookups between fixes succeed; 0: only on each accepted fix", 0.0, 100.0),
+    Spec("track_timeout", 2.0, "seconds (image stamps) after an accepted pose during which the next frames are "
+         "localized from it (tracking: ~4x faster than a global search; odom -> camera motion in TF is applied "
+         "when known; a lost track falls back to the global search); 0: every frame is localized globally",
+         0.0, 1e6),
     Spec("min_inliers", 40, "a pose needs at least this many PnP inliers", 4, 100000),
     Spec("min_inlier_ratio", 0.5, "a pose needs at least this fraction of its matches as inliers", 0.0, 1.0),
     Spec("max_rmse_px", 2.0, "a pose needs an inlier reprojection RMSE at most this (pixels)", 0.01, 100.0),
@@ -168,6 +172,7 @@ class NodeParams:
     publish_tf: bool = True
     transform_tolerance: float = 1.0
     tf_republish_rate: float = 10.0
+    track_timeout: float = 2.0
     min_inliers: int = 40
     min_inlier_ratio: float = 0.5
     max_rmse_px: float = 2.0
