@@ -299,7 +299,7 @@ class Localizer:
                 images = ranked[np.argsort(-close, kind="stable")][: cfg.retrieval_views]
             else:
                 ranked = ranked[cfg.retrieval_shortlist:]
-                close, mutual = self._view_scores(features.descriptors, ranked)
+                close, mutual = self._view_scores(features.descriptors, ranked, mutual_too=True)
                 best = [ranked[np.argsort(-score, kind="stable")][: cfg.wide_views] for score in (close, mutual)]
                 images = np.unique(np.concatenate(best))
             source = "views"
@@ -343,9 +343,11 @@ class Localizer:
         roll = 1.0 - down @ prior[:3, 1]
         return np.argsort(position + direction + roll)[:count]
 
-    def _view_scores(self, descriptors: np.ndarray, images: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
+    def _view_scores(self, descriptors: np.ndarray, images: np.ndarray,
+                     mutual_too: bool = False) -> tuple[np.ndarray, np.ndarray]:
         """Per virtual image: query descriptors with a close match among its keypoints (cosine above
-        ``rerank_similarity``), and mutual nearest-neighbour matches above the view matcher's threshold."""
+        ``rerank_similarity``), and (``mutual_too``) mutual nearest-neighbour matches above the view
+        matcher's threshold (zeros otherwise)."""
         import torch
 
         query = torch.as_tensor(descriptors)
@@ -357,10 +359,10 @@ class Localizer:
                     continue
                 similarity = query @ keypoints.float().T
                 best, nearest = similarity.max(dim=1)
-                back = similarity.argmax(dim=0)
                 close[n] = int((best > self.config.rerank_similarity).sum())
-                is_mutual = back[nearest] == torch.arange(len(query))
-                mutual[n] = int((is_mutual & (best >= self.config.view_matching.min_similarity)).sum())
+                if mutual_too:
+                    is_mutual = similarity.argmax(dim=0)[nearest] == torch.arange(len(query))
+                    mutual[n] = int((is_mutual & (best >= self.config.view_matching.min_similarity)).sum())
         return close, mutual
 
     def _coarse_from_images(self, query, camera, images, timer: _Timer) -> list[PoseEstimate]:
