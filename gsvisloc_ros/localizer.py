@@ -49,6 +49,9 @@ class LocalizerConfig:
         query_keypoints: keypoints extracted from the query.
         retrieval_shortlist: virtual images retrieved by VLAD, then re-ranked by close descriptor matches.
         rerank_similarity: cosine similarity that counts as a close match when re-ranking.
+        rerank_keypoints: query keypoints (highest detector score first) that re-rank the shortlist;
+            re-ranking is a dense similarity of these against every keypoint of every shortlisted
+            image, the largest single cost of a global search.
         retrieval_views: best re-ranked virtual images whose keypoints the query is matched against.
         wide_shortlist: when the first retrieval gives no accepted pose, the virtual images ranked
             by VLAD after the first shortlist, down to this rank, are re-ranked too (0: no wide
@@ -90,6 +93,7 @@ class LocalizerConfig:
     query_keypoints: int = 2048
     retrieval_shortlist: int = 32
     rerank_similarity: float = 0.8
+    rerank_keypoints: int = 1024
     retrieval_views: int = 4
     wide_shortlist: int = 0
     wide_views: int = 3
@@ -113,6 +117,8 @@ class LocalizerConfig:
     def __post_init__(self) -> None:
         if self.query_keypoints < 16:
             raise ValueError(f"query_keypoints must be >= 16, got {self.query_keypoints}")
+        if self.rerank_keypoints < 16:
+            raise ValueError(f"rerank_keypoints must be >= 16, got {self.rerank_keypoints}")
         if self.wide_shortlist < 0 or self.wide_views < 1:
             raise ValueError("wide_shortlist must be >= 0 and wide_views >= 1")
         if self.retrieval_views < 1 or self.refine_iterations < 0:
@@ -294,12 +300,13 @@ class Localizer:
         else:
             depth = cfg.retrieval_shortlist if kind == "global" else cfg.wide_shortlist
             ranked = rank(vlad(features.descriptors, self.scene.vocabulary), self._image_vlad, depth)[0]
+            strongest = features.descriptors[np.argsort(-features.scores, kind="stable")[: cfg.rerank_keypoints]]
             if kind == "global":
-                close, _ = self._view_scores(features.descriptors, ranked)
+                close, _ = self._view_scores(strongest, ranked)
                 images = ranked[np.argsort(-close, kind="stable")][: cfg.retrieval_views]
             else:
                 ranked = ranked[cfg.retrieval_shortlist:]
-                close, mutual = self._view_scores(features.descriptors, ranked, mutual_too=True)
+                close, mutual = self._view_scores(strongest, ranked, mutual_too=True)
                 best = [ranked[np.argsort(-score, kind="stable")][: cfg.wide_views] for score in (close, mutual)]
                 images = np.unique(np.concatenate(best))
             source = "views"

@@ -112,6 +112,8 @@ def test_refinement_settings_are_validated():
         LocalizerConfig(refine_first_scale=0.1)
     with pytest.raises(ValueError, match="wide_shortlist"):
         LocalizerConfig(wide_shortlist=-1)
+    with pytest.raises(ValueError, match="rerank_keypoints"):
+        LocalizerConfig(rerank_keypoints=4)
 
 
 def test_a_wrong_prior_costs_time_not_the_pose(tabletop_localizer):
