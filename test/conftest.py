@@ -47,3 +47,13 @@ def tarot_ply(shared_data: Path) -> Path:
     if not path.is_file():
         pytest.skip(f"{path} is missing")
     return path
+
+
+@pytest.fixture
+def ros_context():
+    """A fresh rclpy context, shut down after the test (one per test keeps DDS participants apart)."""
+    rclpy = pytest.importorskip("rclpy")
+    context = rclpy.Context()
+    rclpy.init(context=context)
+    yield context
+    rclpy.shutdown(context=context)

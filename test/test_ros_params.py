@@ -66,14 +66,6 @@ def test_config_file_lists_exactly_the_declared_parameters_with_their_defaults()
         assert type(values[spec.name]) is type(spec.default), f"{spec.name}: the YAML type would not be accepted"
 
 
-@pytest.fixture
-def ros_context():
-    context = rclpy.Context()
-    rclpy.init(context=context)
-    yield context
-    rclpy.shutdown(context=context)
-
-
 def _node(context, overrides=(), changes=None):
     node = rclpy.create_node("params_check", context=context, parameter_overrides=list(overrides))
     return node, P.declare(node, on_change=(changes.append if changes is not None else None))

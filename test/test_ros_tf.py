@@ -166,14 +166,6 @@ def test_lookup_waits_up_to_its_timeout():
 # ------------------------------------------------------------------------------ over DDS
 
 
-@pytest.fixture
-def ros_context():
-    context = rclpy.Context()
-    rclpy.init(context=context)
-    yield context
-    rclpy.shutdown(context=context)
-
-
 def _spin_until(executor, condition, timeout=10.0) -> bool:
     deadline = time.monotonic() + timeout
     while time.monotonic() < deadline:

@@ -23,14 +23,6 @@ from tf2_msgs.msg import TFMessage  # noqa: E402
 UPSTREAM_TFMESSAGE_HASH = "RIHS01_e369d0f05a23ae52508854b66f6aa0437f3449d652e8cbf22d5abe85d020f087"
 
 
-@pytest.fixture
-def ros_context():
-    context = rclpy.Context()
-    rclpy.init(context=context)
-    yield context
-    rclpy.shutdown(context=context)
-
-
 def _exchange(context, msg_type, make_message, topic: str, timeout: float = 10.0):
     """Publish from one node to another over DDS until a message arrives; return it."""
     sender = rclpy.create_node("sender", context=context)
