@@ -239,10 +239,11 @@ class Localizer:
 
         estimate, reason, source, ok = None, "no coarse pose: too few consistent matches", "", False
         refined: list[np.ndarray] = []
+        levels = {1.0: (image, query, camera)}  # the query at each refinement scale, made once per image
         if prior is not None and cfg.refine_iterations:
             # Tracking: a good prior needs no coarse stage, the render at the prior is close enough.
             refined.append(np.asarray(prior, dtype=float))
-            estimate = self._refine(image, query, camera, refined[0])
+            estimate = self._refine(levels, refined[0])
             timer.lap("refinement")
             ok, reason = cfg.acceptance.check(estimate)
             if ok:
@@ -265,7 +266,7 @@ class Localizer:
                 if any(self._same_pose(coarse.T_world_camera, T) for T in refined):
                     continue
                 refined.append(coarse.T_world_camera)
-                estimate = self._refine(image, query, camera, coarse.T_world_camera) if cfg.refine_iterations \
+                estimate = self._refine(levels, coarse.T_world_camera) if cfg.refine_iterations \
                     else coarse
                 timer.lap("refinement")
                 ok, reason = cfg.acceptance.check(estimate)
@@ -394,7 +395,7 @@ class Localizer:
         timer.lap("pnp")
         return estimate
 
-    def _refine(self, image, query, camera: PinholeCamera, T_world_camera: np.ndarray) -> PoseEstimate:
+    def _refine(self, levels: dict, T_world_camera: np.ndarray) -> PoseEstimate:
         """Render-and-match rounds from ``T_world_camera`` until the pose stops moving.
 
         Each round renders the map at the current estimate, matches the query against the render,
@@ -403,12 +404,15 @@ class Localizer:
         full resolution. The depth of a render is exact only near the pose it was taken from, so
         the last round (rendered closest to its result) is returned, unless a round loses most of
         its inliers (a diverging estimate), in which case the round before it is.
+
+        ``levels`` maps an image scale to (image, its features, its camera); it holds scale 1 and
+        gains the reduced query the first time it is needed, for the other hypotheses of the image.
         """
         cfg = self.config
         scales = [1.0] * cfg.refine_iterations
         if cfg.refine_iterations > 1 and cfg.refine_first_scale < 1.0:
             scales[0] = cfg.refine_first_scale
-        levels = {1.0: (image, query, camera)}
+        image, _, camera = levels[1.0]
         previous: PoseEstimate | None = None
         T = T_world_camera
         for scale in scales:
