@@ -2,12 +2,14 @@
 
 Stages (timed one by one in :attr:`LocalizationResult.timings_ms`):
 
-1. ``features``: the 2D encoder on the query (keypoints + descriptors).
-2. ``retrieval``: the virtual views of the encoded scene most like the query (VLAD), or with a
-   prior pose the views closest to it.
+1. ``features``: the 2D encoder on the query (keypoints + descriptors), at each quarter turn the
+   scene does not encode itself.
+2. ``retrieval``: the (virtual image, query turn) pairs with the most nearest-neighbour votes of
+   the query's descriptors, or with a prior pose the views closest to it.
 3. ``matching``: query descriptors against the lifted keypoints of those views (mutual nearest
-   neighbours); when that gives no pose, against all landmarks (global fallback).
-4. ``pnp``: PnP + LO-RANSAC on the 3D-2D matches: the coarse pose.
+   neighbours), a few pairs at a time, best-voted first; when that gives no pose, against all
+   landmarks (global fallback).
+4. ``pnp``: PnP + LO-RANSAC on the 3D-2D matches of each pair: the coarse poses, ranked by inliers.
 5. ``refinement``: render the map at the estimate, match the query against the render, lift the
    render's keypoints with its depth and solve again; repeated while it improves.
 6. ``decision``: the refined estimate is accepted only when inliers, inlier ratio and
@@ -27,14 +29,14 @@ import cv2
 import numpy as np
 
 from gsvisloc_ros.camera import PinholeCamera, invert_pose, pose_errors
-from gsvisloc_ros.features import check_image, make_encoder
+from gsvisloc_ros.features import Features, check_image, make_encoder
 from gsvisloc_ros.fine_matching import FineMatchingConfig, refine_matches
 from gsvisloc_ros.gaussians import GaussianMap
 from gsvisloc_ros.matching import MatchingConfig, match_descriptors
 from gsvisloc_ros.pose import PnPConfig, PoseAcceptance, PoseEstimate, estimate_pose
 from gsvisloc_ros.render import render
-from gsvisloc_ros.retrieval import rank, vlad
-from gsvisloc_ros.scene import EncodedScene, SceneConfig, lift_keypoints, load_or_encode
+from gsvisloc_ros.retrieval import InvertedFile
+from gsvisloc_ros.scene import EncodedScene, SceneConfig, lift_keypoints, load_or_encode, rotate_keypoints_back
 
 log = logging.getLogger(__name__)
 
@@ -47,21 +49,17 @@ class LocalizerConfig:
         encoder: 2D encoder name (``"xfeat"`` or ``"sift"``).
         device: torch device (``"auto"``: CUDA when present).
         query_keypoints: keypoints extracted from the query.
-        retrieval_shortlist: virtual images retrieved by VLAD, then re-ranked by close descriptor matches.
-        rerank_similarity: cosine similarity that counts as a close match when re-ranking.
-        rerank_keypoints: query keypoints (highest detector score first) that re-rank the shortlist;
-            re-ranking is a dense similarity of these against every keypoint of every shortlisted
-            image, the largest single cost of a global search.
-        retrieval_views: best re-ranked virtual images whose keypoints the query is matched against.
-        wide_shortlist: when the first retrieval gives no accepted pose, the virtual images ranked
-            by VLAD after the first shortlist, down to this rank, are re-ranked too (0: no wide
-            search). VLAD alone ranks the one image a close-up matches anywhere in the first
-            ~50-400 (measured on plant close-ups). Off by default: at 160 it localized 1 more of
-            20 plant close-ups (own query set) but added ~1.3 s to every image that ends without
-            a pose (images of something else included), which raised the plant's median latency
-            from ~0.53 to ~0.97 s.
-        wide_views: images taken from the wide shortlist by each of two scores: close descriptor
-            matches, and mutual nearest-neighbour matches (the view matcher's own count).
+        retrieval_shortlist: (virtual image, query turn) pairs with the most nearest-neighbour votes
+            whose matches are solved by PnP; the inlier counts rank them.
+        vote_similarity: cosine similarity a query descriptor's nearest stored descriptor needs to vote.
+        vote_keypoints: query keypoints (highest detector score first, per turn) that vote.
+        retrieval_views: pairs matched and solved at a time (with a prior: the virtual images nearest
+            to it, all of them).
+        confident_inliers: a coarse pose with this many inliers ends the search through the shortlist
+            (correct coarse poses of ordinary views have 100+; wrong ones on plant close-ups up to ~50).
+        wide_shortlist: when the first retrieval gives no accepted pose, the pairs ranked after the
+            first shortlist, down to this rank, are solved too (0: no wide search; costs every image
+            that ends without a pose, images of something else included).
         view_matching: matcher settings for query vs virtual views and vs renders.
         landmark_matching: matcher settings for the global fallback against all landmarks.
         coarse_pnp: PnP settings on matches to stored views (landmark positions are approximate).
@@ -92,14 +90,15 @@ class LocalizerConfig:
     device: str = "auto"
     query_keypoints: int = 2048
     retrieval_shortlist: int = 32
-    rerank_similarity: float = 0.8
-    rerank_keypoints: int = 1024
+    vote_similarity: float = 0.7
+    vote_keypoints: int = 512
     retrieval_views: int = 4
+    confident_inliers: int = 80
     wide_shortlist: int = 0
-    wide_views: int = 3
     view_matching: MatchingConfig = field(default_factory=lambda: MatchingConfig(min_similarity=0.6))
     landmark_matching: MatchingConfig = field(default_factory=lambda: MatchingConfig(min_similarity=0.75))
-    coarse_pnp: PnPConfig = field(default_factory=lambda: PnPConfig(max_reproj_error=8.0, compute_covariance=False))
+    coarse_pnp: PnPConfig = field(default_factory=lambda: PnPConfig(max_reproj_error=8.0, max_iterations=1000,
+                                                                     compute_covariance=False))
     refine_pnp: PnPConfig = field(default_factory=lambda: PnPConfig(max_reproj_error=2.0))
     refine_iterations: int = 3
     refine_converged: tuple[float, float] = (0.005, 0.5)
@@ -117,10 +116,10 @@ class LocalizerConfig:
     def __post_init__(self) -> None:
         if self.query_keypoints < 16:
             raise ValueError(f"query_keypoints must be >= 16, got {self.query_keypoints}")
-        if self.rerank_keypoints < 16:
-            raise ValueError(f"rerank_keypoints must be >= 16, got {self.rerank_keypoints}")
-        if self.wide_shortlist < 0 or self.wide_views < 1:
-            raise ValueError("wide_shortlist must be >= 0 and wide_views >= 1")
+        if self.vote_keypoints < 16:
+            raise ValueError(f"vote_keypoints must be >= 16, got {self.vote_keypoints}")
+        if self.wide_shortlist < 0 or self.retrieval_shortlist < 1:
+            raise ValueError("retrieval_shortlist must be >= 1 and wide_shortlist >= 0")
         if self.retrieval_views < 1 or self.refine_iterations < 0:
             raise ValueError("retrieval_views must be >= 1 and refine_iterations >= 0")
         if not 0.2 <= self.refine_first_scale <= 1:
@@ -185,8 +184,8 @@ class Localizer:
             gmap, self.encoder, self.config.scene,
             Path(self.config.cache_dir) if self.config.cache_dir else None, progress=progress,
         )
-        # float32 once here: ranking converted the float16 VLAD table (35 MB) on every query.
-        self._image_vlad = np.asarray(self.scene.image_vlad, dtype=np.float32)
+        self._inverted = InvertedFile(self.scene.obs_descriptors, self.scene.image_start, self.scene.vocabulary,
+                                      self.scene.obs_words)
         self._lock = threading.Lock()
 
     @classmethod
@@ -249,16 +248,19 @@ class Localizer:
             if ok:
                 return self._result(estimate, ok, reason, timer, "prior")
         # Coarse searches, cheapest first: around the prior, then global, then global among more
-        # virtual images, then global with the query turned by 45 degrees (the scene's roll buckets
-        # are 90 degrees apart, so every roll is then within 22.5 degrees of one). A wrong prior
-        # costs time, never the pose.
-        searches = [("prior", query)] if prior is not None else []
-        searches += [("global", query)] + ([("wide", query)] if cfg.wide_shortlist > cfg.retrieval_shortlist else [])
-        searches += [("global", None)] if cfg.retry_rotated else []
-        for kind, features in searches:
-            features = features if features is not None else self._rotated_features(image)
-            hypotheses, source = self._coarse(features, camera, kind, prior, timer,
-                                              landmarks=kind == "global" and features is query)
+        # virtual images, then global with the query turned by 45 degrees (with the quarter turns,
+        # every roll is then within 22.5 degrees of one). A wrong prior costs time, never the pose.
+        turned = self._turned_features(image, 0.0, query)
+        timer.lap("features")
+        searches = [("prior", 0.0)] if prior is not None else []
+        searches += [("global", 0.0)] + ([("wide", 0.0)] if cfg.wide_shortlist > cfg.retrieval_shortlist else [])
+        searches += [("global", 45.0)] if cfg.retry_rotated else []
+        for kind, degrees in searches:
+            if degrees:
+                turned = self._turned_features(image, degrees)
+                timer.lap("features")
+            hypotheses, source = self._coarse(turned, camera, kind, prior, timer,
+                                              landmarks=kind == "global" and not degrees)
             budget = len(refined) + cfg.max_refinements
             for coarse in hypotheses:
                 if len(refined) == budget:
@@ -288,96 +290,113 @@ class Localizer:
             "" if ok else f"rejected: {reason}", timer.ms, source,
         )
 
-    def _coarse(self, features, camera, kind: str, prior, timer: _Timer,
+    def _coarse(self, turned: list[Features], camera, kind: str, prior, timer: _Timer,
                 landmarks: bool) -> tuple[list[PoseEstimate], str]:
         """Coarse pose hypotheses (most inliers first) and where they came from.
 
-        ``kind``: ``"prior"`` (the virtual images nearest to ``prior``), ``"global"`` (VLAD shortlist
-        re-ranked by close matches) or ``"wide"`` (the VLAD ranks after that shortlist).
+        ``turned``: the query's features at each quarter turn (:meth:`_turned_features`); a
+        candidate is a virtual image and the turn of the query it is matched with.
+        ``kind``: ``"prior"`` (the virtual images nearest to ``prior``), ``"global"`` (the pairs with
+        the most votes) or ``"wide"`` (the pairs ranked after those). Pairs are matched and solved
+        ``retrieval_views`` at a time, best-voted first, until a pose has ``confident_inliers``.
         """
         cfg = self.config
         if kind == "prior":
-            images, source = self._nearest_images(prior, cfg.retrieval_views), "prior views"
+            images, turns = self._nearest_images(prior, cfg.retrieval_views)
+            source = "prior views"
         else:
-            depth = cfg.retrieval_shortlist if kind == "global" else cfg.wide_shortlist
-            ranked = rank(vlad(features.descriptors, self.scene.vocabulary), self._image_vlad, depth)[0]
-            strongest = features.descriptors[np.argsort(-features.scores, kind="stable")[: cfg.rerank_keypoints]]
-            if kind == "global":
-                close, _ = self._view_scores(strongest, ranked)
-                images = ranked[np.argsort(-close, kind="stable")][: cfg.retrieval_views]
-            else:
-                ranked = ranked[cfg.retrieval_shortlist:]
-                close, mutual = self._view_scores(strongest, ranked, mutual_too=True)
-                best = [ranked[np.argsort(-score, kind="stable")][: cfg.wide_views] for score in (close, mutual)]
-                images = np.unique(np.concatenate(best))
+            images, turns = self._retrieve(turned, cfg.retrieval_shortlist if kind == "global" else cfg.wide_shortlist)
+            if kind == "wide":
+                images, turns = images[cfg.retrieval_shortlist:], turns[cfg.retrieval_shortlist:]
             source = "views"
         timer.lap("retrieval")
-        hypotheses = self._coarse_from_images(features, camera, images, timer)
+        hypotheses: list[PoseEstimate] = []
+        for start in range(0, len(images), cfg.retrieval_views):
+            chunk = slice(start, start + cfg.retrieval_views)
+            hypotheses += self._coarse_from_images(turned, camera, images[chunk], turns[chunk], timer)
+            if max((h.num_inliers for h in hypotheses), default=0) >= cfg.confident_inliers:
+                break
+        hypotheses.sort(key=lambda h: -h.num_inliers)
         if landmarks and (not hypotheses or hypotheses[0].num_inliers < cfg.min_coarse_inliers):
-            hypotheses = [self._coarse_from_landmarks(features, camera, timer)] + hypotheses
+            hypotheses = [self._coarse_from_landmarks(turned, camera, timer)] + hypotheses
             source = "landmarks"
         return [h for h in hypotheses if h.success and h.num_inliers >= cfg.min_coarse_inliers], source
 
-    def _rotated_features(self, image: np.ndarray):
-        """Features of ``image`` turned by 45 degrees, with keypoints given in the original image."""
+    def _retrieve(self, turned: list[Features], depth: int) -> tuple[np.ndarray, np.ndarray]:
+        """The ``depth`` (virtual image, query turn) pairs with the most nearest-neighbour votes
+        (:class:`~gsvisloc_ros.retrieval.InvertedFile`) from the query's strongest keypoints, best first."""
+        cfg = self.config
+        strongest = [f.descriptors[np.argsort(-f.scores, kind="stable")[: cfg.vote_keypoints]] for f in turned]
+        votes = self._inverted.votes(strongest, cfg.vote_similarity).ravel()  # [image * turns + turn]
+        best = np.argsort(-votes, kind="stable")[: min(depth, len(votes))]
+        best = best[votes[best] > 0]
+        return best // len(turned), best % len(turned)
+
+    @property
+    def _query_turns(self) -> int:
+        """Quarter turns of the query that complete the scene's own in-plane rotations to all four."""
+        return 4 // self.config.scene.rolls
+
+    def _turned_features(self, image: np.ndarray, degrees: float, unturned: Features | None = None) -> list[Features]:
+        """Features of ``image`` turned by ``degrees`` and then by each of :attr:`_query_turns` quarter
+        turns, with keypoints given in ``image``.
+
+        XFeat descriptors are not rotation invariant: the scene stores its renders at
+        ``SceneConfig.rolls`` quarter turns and the query supplies the rest (quarter turns of an
+        image are exact). ``unturned``: the features of ``image`` itself when already extracted.
+        """
         h, w = image.shape[:2]
-        side = int(np.ceil((w + h) / np.sqrt(2.0)))
-        M = cv2.getRotationMatrix2D(((w - 1) / 2, (h - 1) / 2), 45.0, 1.0)
-        M[:, 2] += (side - 1) / 2 - np.array([(w - 1) / 2, (h - 1) / 2])
-        features = self.encoder.extract(cv2.warpAffine(image, M, (side, side), flags=cv2.INTER_LINEAR))
-        back = cv2.invertAffineTransform(M)
-        uv = features.keypoints @ back[:, :2].T + back[:, 2]
-        margin = 8.0  # the turned image's own border makes keypoints that show nothing of the scene
-        inside = (uv[:, 0] > margin) & (uv[:, 0] < w - 1 - margin) & (uv[:, 1] > margin) & (uv[:, 1] < h - 1 - margin)
-        features = features.subset(inside)
-        features.keypoints = uv[inside]
-        features.image_size = (w, h)
-        return features
+        base, back = image, None
+        if degrees:
+            side = int(np.ceil((w + h) / np.sqrt(2.0)))
+            M = cv2.getRotationMatrix2D(((w - 1) / 2, (h - 1) / 2), degrees, 1.0)
+            M[:, 2] += (side - 1) / 2 - np.array([(w - 1) / 2, (h - 1) / 2])
+            base, back = cv2.warpAffine(image, M, (side, side), flags=cv2.INTER_LINEAR), cv2.invertAffineTransform(M)
+        turned = []
+        for quarter in range(self._query_turns):
+            if quarter == 0 and back is None and unturned is not None:
+                turned.append(unturned)
+                continue
+            features = self.encoder.extract(np.ascontiguousarray(np.rot90(base, quarter)))
+            uv = rotate_keypoints_back(features.keypoints, quarter, base.shape[1], base.shape[0])
+            if back is not None:
+                uv = uv @ back[:, :2].T + back[:, 2]
+            margin = 8.0 if back is not None else -1.0  # a turned image's own border shows nothing of the scene
+            inside = np.all((uv > margin) & (uv < np.array([w - 1, h - 1]) - margin), axis=1)
+            features = features.subset(inside)
+            features.keypoints = uv[inside]
+            features.image_size = (w, h)
+            turned.append(features)
+        return turned
 
     def _same_pose(self, T_a: np.ndarray, T_b: np.ndarray) -> bool:
         """Whether two poses are close enough that refining both would repeat the same work."""
         distance, angle = pose_errors(T_a, T_b)
         return distance < 0.05 * self.scene.geometry.typical_distance and angle < 5.0
 
-    def _nearest_images(self, prior: np.ndarray, count: int) -> np.ndarray:
-        """Virtual images whose view is closest to the prior pose (position, direction and roll)."""
+    def _nearest_images(self, prior: np.ndarray, count: int) -> tuple[np.ndarray, np.ndarray]:
+        """(Virtual image, query turn) pairs whose view is closest to the prior pose (position,
+        direction and roll)."""
         poses = self.scene.view_poses[self.scene.image_view]
         scale = self.scene.geometry.typical_distance
         position = np.linalg.norm(poses[:, :3, 3] - prior[:3, 3], axis=1) / scale
         direction = 1.0 - poses[:, :3, 2] @ prior[:3, 2]
-        # The prior's image-down axis seen in each virtual image rotated by its roll.
+        # Image-down axes of each virtual image turned by its roll and of the prior turned by each query turn.
         turns = self.scene.image_roll.astype(float) * (np.pi / 2)
         down = poses[:, :3, 1] * np.cos(turns)[:, None] - poses[:, :3, 0] * np.sin(turns)[:, None]
-        roll = 1.0 - down @ prior[:3, 1]
-        return np.argsort(position + direction + roll)[:count]
+        quarter = np.arange(self._query_turns) * (np.pi / 2)
+        prior_down = np.outer(np.cos(quarter), prior[:3, 1]) - np.outer(np.sin(quarter), prior[:3, 0])
+        cost = (position + direction)[:, None] + 1.0 - down @ prior_down.T  # [image, turn]
+        best = np.argsort(cost.ravel(), kind="stable")[:count]
+        return best // len(quarter), best % len(quarter)
 
-    def _view_scores(self, descriptors: np.ndarray, images: np.ndarray,
-                     mutual_too: bool = False) -> tuple[np.ndarray, np.ndarray]:
-        """Per virtual image: query descriptors with a close match among its keypoints (cosine above
-        ``rerank_similarity``), and (``mutual_too``) mutual nearest-neighbour matches above the view
-        matcher's threshold (zeros otherwise)."""
-        import torch
-
-        query = torch.as_tensor(descriptors)
-        close, mutual = np.zeros(len(images), np.int64), np.zeros(len(images), np.int64)
-        with torch.inference_mode():
-            for n, i in enumerate(images):
-                keypoints = torch.as_tensor(self.scene.obs_descriptors[self.scene.image_observations(int(i))])
-                if not len(keypoints) or not len(query):
-                    continue
-                similarity = query @ keypoints.float().T
-                best, nearest = similarity.max(dim=1)
-                close[n] = int((best > self.config.rerank_similarity).sum())
-                if mutual_too:
-                    is_mutual = similarity.argmax(dim=0)[nearest] == torch.arange(len(query))
-                    mutual[n] = int((is_mutual & (best >= self.config.view_matching.min_similarity)).sum())
-        return close, mutual
-
-    def _coarse_from_images(self, query, camera, images, timer: _Timer) -> list[PoseEstimate]:
-        """One PnP hypothesis per virtual image from matches to its stored keypoints, best first."""
+    def _coarse_from_images(self, turned: list[Features], camera, images, turns, timer: _Timer) -> list[PoseEstimate]:
+        """One PnP hypothesis per (virtual image, query turn) from matches to the image's stored
+        keypoints, most inliers first: the inlier count is what ranks the retrieved images."""
         matched = []
-        for i in images:
+        for i, turn in zip(images, turns, strict=True):
             rows = self.scene.image_observations(int(i))
+            query = turned[int(turn)]
             matches = match_descriptors(query.descriptors, self.scene.obs_descriptors[rows].astype(np.float32),
                                         None, self.config.view_matching)
             matched.append((query.keypoints[matches.query_idx], self.scene.obs_points[rows][matches.landmark_idx]))
@@ -386,11 +405,13 @@ class Localizer:
         timer.lap("pnp")
         return sorted(hypotheses, key=lambda h: -h.num_inliers)
 
-    def _coarse_from_landmarks(self, query, camera, timer: _Timer) -> PoseEstimate:
-        """PnP on matches between the query and every landmark (slower; when retrieval fails)."""
-        matches = match_descriptors(query.descriptors, self.scene.descriptors, None, self.config.landmark_matching)
+    def _coarse_from_landmarks(self, turned: list[Features], camera, timer: _Timer) -> PoseEstimate:
+        """PnP on matches between the query (every turn of it) and every landmark (slower; when retrieval fails)."""
+        descriptors = np.concatenate([f.descriptors for f in turned])
+        keypoints = np.concatenate([f.keypoints for f in turned])
+        matches = match_descriptors(descriptors, self.scene.descriptors, None, self.config.landmark_matching)
         timer.lap("matching")
-        estimate = estimate_pose(self.scene.points[matches.landmark_idx], query.keypoints[matches.query_idx],
+        estimate = estimate_pose(self.scene.points[matches.landmark_idx], keypoints[matches.query_idx],
                                  camera, self.config.coarse_pnp)
         timer.lap("pnp")
         return estimate

@@ -1,10 +1,10 @@
-"""Image retrieval among the virtual views: VLAD over local descriptors, vocabulary per map.
+"""Image retrieval among the virtual views: nearest-neighbour votes through an inverted file.
 
-Each virtual view (at each roll) is summarised by a VLAD vector: the residuals of its local
-descriptors to their nearest visual word, summed per word, intra-normalised, power-normalised and
-L2-normalised. The vocabulary is k-means on the map's own descriptors, so nothing is learned
-beyond the map. Retrieval picks the few views that look most like the query, and with them its
-roll; matching and PnP then run against those views only.
+The vocabulary is spherical k-means on the map's own keypoint descriptors, so nothing is learned
+beyond the map. Every stored descriptor is filed under its nearest visual word; a query
+descriptor searches only its own word's file for its nearest stored descriptor and votes for the
+virtual image that descriptor came from. The images with the most votes are the candidates that
+matching and PnP then verify.
 """
 
 from __future__ import annotations
@@ -34,25 +34,55 @@ def train_vocabulary(descriptors: np.ndarray, words: int = 64, iterations: int =
     return centroids.numpy()
 
 
-def vlad(descriptors: np.ndarray, vocabulary: np.ndarray) -> np.ndarray:
-    """The normalised VLAD vector [words * D] of one image's descriptors [N, D]."""
-    words, dim = vocabulary.shape
-    if len(descriptors) == 0:
-        return np.zeros(words * dim, np.float32)
-    x = torch.as_tensor(np.asarray(descriptors, dtype=np.float32))
-    c = torch.as_tensor(vocabulary)
-    assign = (x @ c.T).argmax(dim=1)
-    residuals = torch.zeros_like(c).index_add_(0, assign, x - c[assign])
-    residuals = torch.nn.functional.normalize(residuals, dim=1)  # intra-normalisation
-    v = residuals.flatten()
-    v = torch.sign(v) * torch.sqrt(v.abs())
-    return torch.nn.functional.normalize(v, dim=0).numpy()
+def nearest_words(descriptors: np.ndarray, vocabulary: np.ndarray, chunk: int = 65536) -> np.ndarray:
+    """Index of the most similar visual word of every descriptor [N] (int64)."""
+    c = torch.as_tensor(np.asarray(vocabulary, dtype=np.float32))
+    words = [(torch.as_tensor(np.asarray(descriptors[a:a + chunk], dtype=np.float32)) @ c.T).argmax(dim=1)
+             for a in range(0, len(descriptors), chunk)]
+    return torch.cat(words).numpy() if words else np.zeros(0, np.int64)
 
 
-def rank(query_vlad: np.ndarray, database: np.ndarray, top_k: int) -> tuple[np.ndarray, np.ndarray]:
-    """Indices and cosine similarities of the ``top_k`` database rows most similar to the query."""
-    scores = np.asarray(database, dtype=np.float32) @ np.asarray(query_vlad, dtype=np.float32)
-    top_k = min(top_k, len(scores))
-    best = np.argpartition(-scores, top_k - 1)[:top_k]
-    best = best[np.argsort(-scores[best])]
-    return best, scores[best]
+class InvertedFile:
+    """The keypoint descriptors of every virtual image, filed by visual word, for nearest-neighbour votes.
+
+    Each query descriptor looks for its nearest stored descriptor among those of its own visual
+    word and votes for the image that descriptor came from. Unlike a global descriptor of the whole
+    image (VLAD, used here before), a vote counts only close agreements of single keypoints, so an
+    image that shares a small part of the query (a close-up) can still rank near the top. Measured
+    on six plant close-ups that failed before: the virtual image with the most correct matches
+    ranked 220th-1900th by VLAD, 8th-80th by votes (one in six not found by either).
+    """
+
+    def __init__(self, descriptors: np.ndarray, image_start: np.ndarray, vocabulary: np.ndarray,
+                 words: np.ndarray | None = None) -> None:
+        """``words``: the nearest word of every descriptor when already known (it is stored with the scene)."""
+        self.vocabulary = np.asarray(vocabulary, dtype=np.float32)
+        words = nearest_words(descriptors, self.vocabulary) if words is None else np.asarray(words)
+        order = np.argsort(words, kind="stable")
+        counts = np.diff(np.asarray(image_start))
+        self.images = len(counts)
+        self._image = np.repeat(np.arange(self.images, dtype=np.int64), counts)[order]
+        self._descriptors = torch.as_tensor(np.asarray(descriptors, dtype=np.float32)[order])
+        self._starts = np.searchsorted(words[order], np.arange(len(self.vocabulary) + 1))
+
+    def votes(self, queries: list[np.ndarray], min_similarity: float) -> np.ndarray:
+        """Votes [I, len(queries)]: for each image and each set of query descriptors, the descriptors
+        whose nearest stored descriptor of the same visual word (cosine at least ``min_similarity``)
+        belongs to that image. All sets are searched together, one matrix product per word."""
+        votes = np.zeros((self.images, len(queries)), np.int64)
+        sets = [np.asarray(q, dtype=np.float32).reshape(-1, self.vocabulary.shape[1]) for q in queries]
+        if not sum(len(q) for q in sets):
+            return votes
+        query = torch.as_tensor(np.concatenate(sets))
+        owner = np.repeat(np.arange(len(sets)), [len(q) for q in sets])
+        words = (query @ torch.as_tensor(self.vocabulary).T).argmax(dim=1).numpy()
+        with torch.inference_mode():
+            for word in np.unique(words):
+                start, end = self._starts[word], self._starts[word + 1]
+                if start == end:
+                    continue
+                mine = np.nonzero(words == word)[0]
+                best, nearest = (query[mine] @ self._descriptors[start:end].T).max(dim=1)
+                hit = (best >= min_similarity).numpy()
+                np.add.at(votes, (self._image[nearest.numpy()[hit] + start], owner[mine[hit]]), 1)
+        return votes

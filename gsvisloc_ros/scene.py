@@ -5,9 +5,12 @@ every render; each keypoint is lifted to 3D with the rendered depth; the lifted 
 fused into landmarks (one per voxel of space and image roll), each with the mean of its
 descriptors. Landmarks are what query keypoints are matched against.
 
-Roll: learned 2D descriptors are not rotation invariant and a map carries no gravity direction,
-so every render is encoded at four in-plane rotations (exact ``np.rot90`` of the same render).
-Any query roll is then within 45 degrees of one of them; landmarks remember their roll bucket.
+Roll: learned 2D descriptors are not rotation invariant and a map carries no gravity direction.
+Quarter turns of an image are exact (``np.rot90``), so the four in-plane rotations are split
+between the scene and the query: each render is encoded at ``rolls`` of them (landmarks remember
+their roll bucket) and the localizer turns the query by the rest. The default encodes one and
+turns the query four ways: the same coverage of rolls, at a quarter of the encoder runs per view,
+which buys twice the views. Any query roll is within 45 degrees of one combination.
 
 Encoding costs tens of seconds on a CPU; the result is cached on disk, keyed by the map's
 content hash and every setting that changes it (see :func:`load_or_encode`).
@@ -31,12 +34,12 @@ from tqdm import tqdm
 from gsvisloc_ros.camera import PinholeCamera, invert_pose, look_at, transform_points
 from gsvisloc_ros.gaussians import GaussianMap
 from gsvisloc_ros.render import render
-from gsvisloc_ros.retrieval import train_vocabulary, vlad
+from gsvisloc_ros.retrieval import nearest_words, train_vocabulary
 
 log = logging.getLogger(__name__)
 
 #: Bump when the encoding changes in a way that invalidates caches.
-ENCODING_VERSION = 2
+ENCODING_VERSION = 3
 LAYOUTS = ("auto", "object", "inside_out")
 
 
@@ -59,29 +62,31 @@ class SceneConfig:
             of view, so that the centre view's edge is the aimed view's centre).
         image_size: (width, height) of the virtual renders.
         focal_factor: focal length of the virtual camera as a multiple of its width.
-        rolls: in-plane rotations per render (1, 2 or 4; 4 covers any query roll).
+        rolls: quarter turns encoded per render (1, 2 or 4); the query is turned by the other
+            ``4 // rolls`` (a query turn costs one encoder run per query, a scene roll one per view).
         keypoints_per_view: encoder keypoints kept per render and roll.
         min_alpha: keypoints are lifted only where the render is at least this opaque.
         max_depth_step: keypoints are not lifted where the depth in their 3x3 neighbourhood varies by
             more than this fraction (silhouettes, where the depth is ambiguous).
         landmarks_per_roll: target landmark count per roll bucket (sets the fusing voxel size).
-        vocabulary_words: visual words of the retrieval vocabulary (VLAD size = words x descriptor size).
+        vocabulary_words: visual words of the retrieval's inverted file (more words: fewer stored
+            descriptors searched per query descriptor, more nearest neighbours filed under another word).
     """
 
     min_opacity: float = 0.5
     layout: str = "auto"
-    view_directions: int = 60
+    view_directions: int = 120
     distance_factors: tuple[float, ...] = (0.5, 0.8, 1.3)
     close_aims: int = 3
     aim_tilt_deg: float = 30.0
     image_size: tuple[int, int] = (512, 384)
     focal_factor: float = 0.8
-    rolls: int = 4
+    rolls: int = 1
     keypoints_per_view: int = 1024
     min_alpha: float = 0.95
     max_depth_step: float = 0.05
     landmarks_per_roll: int = 30000
-    vocabulary_words: int = 64
+    vocabulary_words: int = 256
 
     def __post_init__(self) -> None:
         if self.layout not in LAYOUTS:
@@ -126,7 +131,7 @@ class SceneGeometry:
 
 
 ARRAYS = ("points", "descriptors", "rolls", "observations", "view_poses", "image_view", "image_roll",
-          "image_start", "obs_points", "obs_uv", "obs_descriptors", "vocabulary", "image_vlad")
+          "image_start", "obs_points", "obs_uv", "obs_descriptors", "obs_words", "vocabulary")
 
 
 @dataclass
@@ -134,9 +139,9 @@ class EncodedScene:
     """What localization needs of one map, computed once.
 
     * Landmarks: 3D points with unit-norm fused descriptors, each in one roll bucket.
-    * Virtual images (one per virtual view and roll): their pose, their lifted keypoints
-      (observations, stored image by image: rows ``image_start[i]:image_start[i+1]``) and a VLAD
-      vector for retrieval.
+    * Virtual images (one per virtual view and roll): their pose and their lifted keypoints
+      (observations, stored image by image: rows ``image_start[i]:image_start[i+1]``), each filed
+      under a visual word for retrieval.
     """
 
     points: np.ndarray  # [L, 3] float32 landmark positions, map frame
@@ -150,8 +155,8 @@ class EncodedScene:
     obs_points: np.ndarray  # [M, 3] float32, lifted keypoints in the map frame
     obs_uv: np.ndarray  # [M, 2] float32, their pixel positions in the (unrotated) view
     obs_descriptors: np.ndarray  # [M, D] float16
+    obs_words: np.ndarray  # [M] int16, nearest visual word of each (the retrieval's inverted file)
     vocabulary: np.ndarray  # [K, D] float32 visual words
-    image_vlad: np.ndarray  # [I, K * D] float16
     geometry: SceneGeometry
     camera: PinholeCamera  # the virtual camera
     map_hash: str
@@ -414,7 +419,6 @@ def encode_scene(gmap: GaussianMap, encoder, config: SceneConfig | None = None, 
     R = np.repeat(np.asarray(image_roll, np.int8), counts)
     parts = [fuse_landmarks(P[R == k], D[R == k], config.landmarks_per_roll) + (k,) for k in turns]
     vocabulary = train_vocabulary(D, words=config.vocabulary_words)
-    vlads = np.stack([vlad(d, vocabulary) for d in obs_desc]).astype(np.float16)
     seconds = time.perf_counter() - start
     stats = {"views": len(views), "observations": int(len(P)), "landmarks": int(sum(len(p[0]) for p in parts)),
              "voxel_size": float(np.mean([p[3] for p in parts])), "seconds": round(seconds, 2)}
@@ -429,7 +433,8 @@ def encode_scene(gmap: GaussianMap, encoder, config: SceneConfig | None = None, 
         image_roll=np.asarray(image_roll, np.int8),
         image_start=np.concatenate([[0], np.cumsum(counts)]).astype(np.int64),
         obs_points=P, obs_uv=np.concatenate(obs_uv), obs_descriptors=D.astype(np.float16),
-        vocabulary=vocabulary, image_vlad=vlads, geometry=geometry, camera=camera,
+        obs_words=nearest_words(D, vocabulary).astype(np.int16),
+        vocabulary=vocabulary, geometry=geometry, camera=camera,
         map_hash=gmap.content_hash, encoder=encoder.name, config_key=config.key(encoder.name), stats=stats,
     )
 

@@ -14,7 +14,6 @@ from scipy.spatial.transform import Rotation
 from gsvisloc_ros.camera import PinholeCamera, invert_pose, look_at, pose_errors
 from gsvisloc_ros.localizer import Localizer, LocalizerConfig, _Timer
 from gsvisloc_ros.render import render
-from gsvisloc_ros.retrieval import rank, vlad
 from gsvisloc_ros.scene import SceneConfig
 from gsvisloc_ros.synthetic import make_scene
 
@@ -88,23 +87,63 @@ def test_a_half_resolution_round_brings_the_pose_close(tabletop_localizer):
     assert pose_errors(estimate.T_world_camera, T_true)[1] < 0.5
 
 
+def _spy_on_coarse_matching(localizer) -> list:
+    """Record the (virtual image, query turn) pairs the localizer matches."""
+    used, original = [], localizer._coarse_from_images
+
+    def spy(turned, camera, images, turns, timer):
+        used.extend(zip(images.tolist(), turns.tolist(), strict=True))
+        return original(turned, camera, images, turns, timer)
+
+    localizer._coarse_from_images = spy
+    return used
+
+
 def test_the_wide_search_finds_a_pose_among_images_beyond_the_first_shortlist(tabletop_localizer):
     image, T_true = _query(tabletop_localizer, (0.9, 0.5, 0.6), (0.0, 0.0, 0.1))
     localizer = copy.copy(tabletop_localizer)
     localizer.config = dataclasses.replace(tabletop_localizer.config, retrieval_shortlist=3, wide_shortlist=60)
-    features = localizer.encoder.extract(image)
-    first = rank(vlad(features.descriptors, localizer.scene.vocabulary), localizer._image_vlad, 3)[0]
-    used = []
-    original = localizer._coarse_from_images
-
-    def spy(query, camera, images, timer):
-        used.extend(int(i) for i in images)
-        return original(query, camera, images, timer)
-
-    localizer._coarse_from_images = spy
-    hypotheses, _ = localizer._coarse(features, CAMERA, "wide", None, _Timer(), landmarks=False)
-    assert used and not set(used) & set(first.tolist())
+    turned = localizer._turned_features(image, 0.0)
+    first = set(zip(*[a.tolist() for a in localizer._retrieve(turned, 3)], strict=True))
+    used = _spy_on_coarse_matching(localizer)
+    hypotheses, _ = localizer._coarse(turned, CAMERA, "wide", None, _Timer(), landmarks=False)
+    assert used and not set(used) & first
     assert hypotheses and pose_errors(hypotheses[0].T_world_camera, T_true)[1] < 5.0
+
+
+def test_an_ordinary_view_is_solved_from_the_best_voted_images_alone(tabletop_localizer):
+    image, _ = _query(tabletop_localizer, (0.9, 0.5, 0.6), (0.0, 0.0, 0.1))
+    localizer = copy.copy(tabletop_localizer)
+    used = _spy_on_coarse_matching(localizer)
+    turned = localizer._turned_features(image, 0.0)
+    hypotheses, _ = localizer._coarse(turned, CAMERA, "global", None, _Timer(), landmarks=False)
+    assert hypotheses[0].num_inliers >= localizer.config.confident_inliers
+    assert len(used) == localizer.config.retrieval_views < localizer.config.retrieval_shortlist
+
+
+def test_the_query_is_turned_by_the_quarter_turns_the_scene_does_not_encode(tabletop_localizer):
+    image, _ = _query(tabletop_localizer, (0.9, 0.5, 0.6), (0.0, 0.0, 0.1))
+    turned = tabletop_localizer._turned_features(image, 0.0)
+    assert tabletop_localizer.config.scene.rolls == 1 and len(turned) == 4
+    h, w = image.shape[:2]
+    for features in turned:
+        assert features.image_size == (w, h) and len(features) > 100
+        assert np.all((features.keypoints >= 0) & (features.keypoints <= [w - 1, h - 1]))
+    # The features of a square image turned back by k quarter turns, at query turn k, are those of
+    # the image itself (the same pixels reach the encoder), at the positions that show the same pixel.
+    square = np.ascontiguousarray(image[:, 80:560])
+    ids = np.arange(square.shape[0] * square.shape[1]).reshape(square.shape[:2])
+    own = tabletop_localizer._turned_features(square, 0.0)[0]
+    for k in (1, 2, 3):
+        back = tabletop_localizer._turned_features(np.ascontiguousarray(np.rot90(square, -k)), 0.0)[k]
+        assert np.array_equal(back.descriptors, own.descriptors)
+        moved_ids = np.rot90(ids, -k)
+        at = np.rint(back.keypoints).astype(int)
+        at_own = np.rint(own.keypoints).astype(int)
+        assert np.mean(moved_ids[at[:, 1], at[:, 0]] == ids[at_own[:, 1], at_own[:, 0]]) > 0.99
+    # Turned by 45 degrees first: keypoints near the turned image's own border are dropped.
+    for features in tabletop_localizer._turned_features(image, 45.0):
+        assert np.all((features.keypoints > 8) & (features.keypoints < [w - 9, h - 9]))
 
 
 def test_refinement_settings_are_validated():
@@ -112,8 +151,8 @@ def test_refinement_settings_are_validated():
         LocalizerConfig(refine_first_scale=0.1)
     with pytest.raises(ValueError, match="wide_shortlist"):
         LocalizerConfig(wide_shortlist=-1)
-    with pytest.raises(ValueError, match="rerank_keypoints"):
-        LocalizerConfig(rerank_keypoints=4)
+    with pytest.raises(ValueError, match="vote_keypoints"):
+        LocalizerConfig(vote_keypoints=4)
 
 
 def test_a_wrong_prior_costs_time_not_the_pose(tabletop_localizer):

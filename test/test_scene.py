@@ -10,7 +10,7 @@ import pytest
 from gsvisloc_ros.camera import PinholeCamera, invert_pose, look_at
 from gsvisloc_ros.features import make_encoder
 from gsvisloc_ros.render import render
-from gsvisloc_ros.retrieval import rank, train_vocabulary, vlad
+from gsvisloc_ros.retrieval import InvertedFile, nearest_words, train_vocabulary
 from gsvisloc_ros.scene import (
     EncodedScene,
     SceneConfig,
@@ -65,16 +65,31 @@ def test_fusing_hits_the_target_and_keeps_unit_descriptors():
     assert size > 0
 
 
-def test_vlad_retrieves_the_image_it_was_made_from():
+def test_votes_find_the_image_a_part_of_the_query_comes_from():
     rng = np.random.default_rng(1)
     images = [rng.normal(size=(300, 16)).astype(np.float32) for _ in range(20)]
     images = [d / np.linalg.norm(d, axis=1, keepdims=True) for d in images]
-    vocabulary = train_vocabulary(np.concatenate(images), words=8)
-    database = np.stack([vlad(d, vocabulary) for d in images])
-    for i in (0, 7, 19):
-        noisy = images[i][:200] + rng.normal(0, 0.05, (200, 16)).astype(np.float32)
-        best, _ = rank(vlad(noisy / np.linalg.norm(noisy, axis=1, keepdims=True), vocabulary), database, 3)
-        assert best[0] == i
+    descriptors = np.concatenate(images)
+    vocabulary = train_vocabulary(descriptors, words=8)
+    starts = np.arange(21) * 300
+    inverted = InvertedFile(descriptors, starts, vocabulary)
+    filed = InvertedFile(descriptors, starts, vocabulary, words=nearest_words(descriptors, vocabulary))
+
+    def part_of(i: int, n: int) -> np.ndarray:
+        noisy = images[i][:n] + rng.normal(0, 0.05, (n, 16)).astype(np.float32)
+        return noisy / np.linalg.norm(noisy, axis=1, keepdims=True)
+
+    # Three sets at once (like the turns of a query): a large part of image 0, a small part of
+    # image 7 (a close-up shares little with any one image) and descriptors of nothing stored.
+    outside = rng.normal(size=(50, 16)).astype(np.float32)
+    queries = [part_of(0, 200), part_of(7, 40), outside / np.linalg.norm(outside, axis=1, keepdims=True)]
+    votes = inverted.votes(queries, min_similarity=0.9)
+    assert votes.shape == (20, 3)
+    assert np.argmax(votes[:, 0]) == 0 and votes[0, 0] > 150
+    assert np.argmax(votes[:, 1]) == 7 and votes[7, 1] > 25
+    assert votes[:, 2].sum() == 0  # random directions in 16-d are never within cosine 0.9
+    assert np.array_equal(filed.votes(queries, 0.9), votes)
+    assert inverted.votes([np.zeros((0, 16), np.float32)], 0.9).sum() == 0
 
 
 def test_virtual_views_stay_outside_objects_and_inside_rooms():
