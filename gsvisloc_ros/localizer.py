@@ -80,7 +80,7 @@ class LocalizerConfig:
         min_coarse_inliers: a coarse pose with fewer inliers is not refined.
         max_refinements: coarse hypotheses (distinct poses, most inliers first) refined per attempt.
         retry_rotated: when no pose is accepted, try again with the query turned by 45 degrees
-            (the scene's roll buckets are 90 degrees apart).
+            (quarter turns are 90 degrees apart; not with a rotation-invariant encoder).
         acceptance: thresholds a pose must pass to be returned as a success.
         scene: how the map is encoded.
         cache_dir: where encoded scenes are cached (``None``: the default cache directory).
@@ -254,7 +254,7 @@ class Localizer:
         timer.lap("features")
         searches = [("prior", 0.0)] if prior is not None else []
         searches += [("global", 0.0)] + ([("wide", 0.0)] if cfg.wide_shortlist > cfg.retrieval_shortlist else [])
-        searches += [("global", 45.0)] if cfg.retry_rotated else []
+        searches += [("global", 45.0)] if cfg.retry_rotated and not self.encoder.rotation_invariant else []
         for kind, degrees in searches:
             if degrees:
                 turned = self._turned_features(image, degrees)
@@ -334,8 +334,9 @@ class Localizer:
 
     @property
     def _query_turns(self) -> int:
-        """Quarter turns of the query that complete the scene's own in-plane rotations to all four."""
-        return 4 // self.config.scene.rolls
+        """Quarter turns of the query that complete the scene's own in-plane rotations to all four
+        (1 for a rotation-invariant encoder)."""
+        return 1 if self.encoder.rotation_invariant else 4 // self.config.scene.rolls
 
     def _turned_features(self, image: np.ndarray, degrees: float, unturned: Features | None = None) -> list[Features]:
         """Features of ``image`` turned by ``degrees`` and then by each of :attr:`_query_turns` quarter

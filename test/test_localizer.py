@@ -12,6 +12,7 @@ import pytest
 from scipy.spatial.transform import Rotation
 
 from gsvisloc_ros.camera import PinholeCamera, invert_pose, look_at, pose_errors
+from gsvisloc_ros.features import make_encoder
 from gsvisloc_ros.localizer import Localizer, LocalizerConfig, _Timer
 from gsvisloc_ros.render import render
 from gsvisloc_ros.scene import SceneConfig
@@ -144,6 +145,14 @@ def test_the_query_is_turned_by_the_quarter_turns_the_scene_does_not_encode(tabl
     # Turned by 45 degrees first: keypoints near the turned image's own border are dropped.
     for features in tabletop_localizer._turned_features(image, 45.0):
         assert np.all((features.keypoints > 8) & (features.keypoints < [w - 9, h - 9]))
+
+
+def test_a_rotation_invariant_encoder_is_not_turned(tabletop_localizer):
+    image, _ = _query(tabletop_localizer, (0.9, 0.5, 0.6), (0.0, 0.0, 0.1))
+    localizer = copy.copy(tabletop_localizer)
+    localizer.encoder = make_encoder("sift")
+    assert localizer.encoder.rotation_invariant and not tabletop_localizer.encoder.rotation_invariant
+    assert len(localizer._turned_features(image, 0.0)) == 1
 
 
 def test_refinement_settings_are_validated():

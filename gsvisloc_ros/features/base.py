@@ -136,10 +136,15 @@ class DenseFeatures:
 
 @runtime_checkable
 class FeatureEncoder(Protocol):
-    """A sparse 2D encoder: ``extract(image) -> Features``."""
+    """A sparse 2D encoder: ``extract(image) -> Features``.
+
+    ``rotation_invariant``: whether descriptors survive an in-plane rotation of the image (then the
+    localizer does not turn query images to cover rolls).
+    """
 
     name: str
     descriptor_dim: int
+    rotation_invariant: bool
 
     def extract(self, image: np.ndarray) -> Features:
         """Keypoints, unit-norm descriptors and scores of one uint8 RGB (HxWx3) or grey (HxW) image."""

@@ -51,6 +51,7 @@ class SiftEncoder:
 
     name = "sift"
     descriptor_dim = 128
+    rotation_invariant = True  # each keypoint's descriptor is taken in its dominant gradient orientation
 
     def __init__(self, config: SiftConfig | None = None, device: str | None = None) -> None:
         import cv2

@@ -78,6 +78,7 @@ class XFeatEncoder:
 
     name = "xfeat"
     descriptor_dim = 64
+    rotation_invariant = False  # trained on upright-ish pairs: matches degrade past ~20 degrees of roll
 
     def __init__(self, config: XFeatConfig | None = None, device: str | None = "auto") -> None:
         import torch
