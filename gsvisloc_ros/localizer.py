@@ -64,7 +64,8 @@ class LocalizerConfig:
         landmark_matching: matcher settings for the global fallback against all landmarks.
         coarse_pnp: PnP settings on matches to stored views (landmark positions are approximate).
         refine_pnp: PnP settings on matches to renders at the estimate (exact depth).
-        refine_iterations: maximum render-and-match rounds; 0 returns the coarse pose unrefined
+        refine_iterations: maximum render-and-match rounds (they stop earlier when the pose stops
+            moving or a round gains no inliers); 0 returns the coarse pose unrefined
             (judged by the same acceptance thresholds, so loosen ``max_rmse_px`` to use it).
         refine_converged: (fraction of the typical viewing distance, degrees): a round whose result
             is this close to the pose it rendered from is the last. Fine matching measures the
@@ -100,7 +101,7 @@ class LocalizerConfig:
     coarse_pnp: PnPConfig = field(default_factory=lambda: PnPConfig(max_reproj_error=8.0, max_iterations=1000,
                                                                      compute_covariance=False))
     refine_pnp: PnPConfig = field(default_factory=lambda: PnPConfig(max_reproj_error=2.0))
-    refine_iterations: int = 3
+    refine_iterations: int = 6
     refine_converged: tuple[float, float] = (0.005, 0.5)
     refine_first_scale: float = 0.5
     refine_max_shift: float = 0.1
@@ -423,9 +424,11 @@ class Localizer:
         Each round renders the map at the current estimate, matches the query against the render,
         lifts the render's keypoints with its depth and solves PnP. The first round runs at
         ``refine_first_scale`` (cheap; it only has to bring the estimate close), the others at
-        full resolution. The depth of a render is exact only near the pose it was taken from, so
-        the last round (rendered closest to its result) is returned, unless a round loses most of
-        its inliers (a diverging estimate), in which case the round before it is.
+        full resolution. Rounds go on while they gain inliers and the pose still moves: a coarse
+        pose 10-15 degrees off gains a few inliers per round before it snaps in (measured on a
+        plant view: 32, 41, ... 237 inliers). The depth of a render is exact only near the pose it
+        was taken from, so the last round (rendered closest to its result) is returned, unless a
+        round loses most of its inliers (a diverging estimate), in which case the round before it is.
 
         ``levels`` maps an image scale to (image, its features, its camera); it holds scale 1 and
         gains the reduced query the first time it is needed, for the other hypotheses of the image.
@@ -451,11 +454,12 @@ class Localizer:
                 continue
             if not estimate.success or (previous is not None and estimate.num_inliers < 0.5 * previous.num_inliers):
                 return previous if previous is not None else estimate
+            gained = previous is None or estimate.num_inliers > previous.num_inliers
             previous = estimate
             moved, turned = pose_errors(estimate.T_world_camera, T)
             T = estimate.T_world_camera
-            if moved < cfg.refine_converged[0] * self.scene.geometry.typical_distance \
-                    and turned < cfg.refine_converged[1]:
+            if not gained or (moved < cfg.refine_converged[0] * self.scene.geometry.typical_distance
+                              and turned < cfg.refine_converged[1]):
                 break
         return previous
 
