@@ -73,9 +73,10 @@ class InvertedFile:
         sets = [np.asarray(q, dtype=np.float32).reshape(-1, self.vocabulary.shape[1]) for q in queries]
         if not sum(len(q) for q in sets):
             return votes
-        query = torch.as_tensor(np.concatenate(sets))
+        query = np.concatenate(sets)
         owner = np.repeat(np.arange(len(sets)), [len(q) for q in sets])
-        words = (query @ torch.as_tensor(self.vocabulary).T).argmax(dim=1).numpy()
+        words = nearest_words(query, self.vocabulary)
+        query = torch.as_tensor(query)
         with torch.inference_mode():
             for word in np.unique(words):
                 start, end = self._starts[word], self._starts[word + 1]
