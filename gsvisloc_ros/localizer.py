@@ -394,7 +394,7 @@ class Localizer:
 
     def _coarse_from_images(self, turned: list[Features], camera, images, turns, timer: _Timer) -> list[PoseEstimate]:
         """One PnP hypothesis per (virtual image, query turn) from matches to the image's stored
-        keypoints, most inliers first: the inlier count is what ranks the retrieved images."""
+        keypoints, in the pairs' order (:meth:`_coarse` ranks them all by inliers)."""
         matched = []
         for i, turn in zip(images, turns, strict=True):
             rows = self.scene.image_observations(int(i))
@@ -405,7 +405,7 @@ class Localizer:
         timer.lap("matching")
         hypotheses = [estimate_pose(p3, p2, camera, self.config.coarse_pnp) for p2, p3 in matched]
         timer.lap("pnp")
-        return sorted(hypotheses, key=lambda h: -h.num_inliers)
+        return hypotheses
 
     def _coarse_from_landmarks(self, turned: list[Features], camera, timer: _Timer) -> PoseEstimate:
         """PnP on matches between the query (every turn of it) and every landmark (slower; when retrieval fails)."""
