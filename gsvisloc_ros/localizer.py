@@ -13,7 +13,9 @@ Stages (timed one by one in :attr:`LocalizationResult.timings_ms`):
 5. ``refinement``: render the map at the estimate, match the query against the render, lift the
    render's keypoints with its depth and solve again; repeated while it improves.
 6. ``decision``: the refined estimate is accepted only when inliers, inlier ratio and
-   reprojection error pass :class:`~gsvisloc_ros.pose.PoseAcceptance`.
+   reprojection error pass :class:`~gsvisloc_ros.pose.PoseAcceptance`, and its inliers pin the pose
+   down firmly (their coverage of the image and the pose uncertainty of their geometry): a pose
+   refused for weak geometry sends the search on to the next hypothesis.
 """
 
 from __future__ import annotations
@@ -33,7 +35,7 @@ from gsvisloc_ros.features import Features, check_image, make_encoder
 from gsvisloc_ros.fine_matching import FineMatchingConfig, refine_matches
 from gsvisloc_ros.gaussians import GaussianMap
 from gsvisloc_ros.matching import MatchingConfig, match_descriptors
-from gsvisloc_ros.pose import PnPConfig, PoseAcceptance, PoseEstimate, estimate_pose
+from gsvisloc_ros.pose import PnPConfig, PoseAcceptance, PoseEstimate, PoseGeometry, estimate_pose
 from gsvisloc_ros.render import render
 from gsvisloc_ros.retrieval import InvertedFile
 from gsvisloc_ros.scene import EncodedScene, SceneConfig, lift_keypoints, load_or_encode, rotate_keypoints_back
@@ -142,6 +144,9 @@ class LocalizationResult:
     failure_reason: str = ""
     timings_ms: dict = field(default_factory=dict)
     coarse_source: str = ""  # "prior" (refined from it directly), "prior views", "views" or "landmarks"
+    geometry: PoseGeometry | None = None  # how firmly the inliers of the last estimate pin its pose down
+    #: The last estimate when the acceptance refused it: for evaluation and debugging, never to act on.
+    rejected_T_world_camera: np.ndarray | None = None
 
     def to_dict(self) -> dict:
         """JSON-ready dict with the keys of ``gsvisloc localize --json``."""
@@ -157,6 +162,7 @@ class LocalizationResult:
             "covariance": listed(self.covariance),
             "failure_reason": self.failure_reason or None,
             "timings_ms": {k: round(v, 1) for k, v in self.timings_ms.items()},
+            "geometry": None if self.geometry is None else self.geometry.to_dict(),
         }
 
     def to_json(self) -> str:
@@ -269,10 +275,13 @@ class Localizer:
                 if any(self._same_pose(coarse.T_world_camera, T) for T in refined):
                     continue
                 refined.append(coarse.T_world_camera)
-                estimate = self._refine(levels, coarse.T_world_camera) if cfg.refine_iterations \
+                candidate = self._refine(levels, coarse.T_world_camera) if cfg.refine_iterations \
                     else coarse
                 timer.lap("refinement")
-                ok, reason = cfg.acceptance.check(estimate)
+                ok, why = cfg.acceptance.check(candidate)
+                # A refused search reports its strongest candidate (most inliers), not its last.
+                if ok or estimate is None or candidate.num_inliers > estimate.num_inliers:
+                    estimate, reason = candidate, why
                 if ok:
                     break
             if ok:
@@ -288,7 +297,8 @@ class Localizer:
         return LocalizationResult(
             ok, estimate.T_world_camera if ok else None, estimate.covariance if ok else None,
             estimate.num_matches, estimate.num_inliers, estimate.rmse_px,
-            "" if ok else f"rejected: {reason}", timer.ms, source,
+            "" if ok else f"rejected: {reason}", timer.ms, source, estimate.geometry,
+            None if ok else estimate.T_world_camera,
         )
 
     def _coarse(self, turned: list[Features], camera, kind: str, prior, timer: _Timer,

@@ -13,8 +13,10 @@ from gsvisloc_ros.pose import (
     PnPConfig,
     PoseAcceptance,
     PoseEstimate,
+    PoseGeometry,
     estimate_pose,
     pose_covariance,
+    pose_geometry,
     reprojection_jacobian,
 )
 
@@ -176,10 +178,14 @@ def test_malformed_input_raises():
         PnPConfig(min_points=3)
 
 
-def _estimate(num_inliers=100, num_matches=200, rmse=1.0, covariance=None) -> PoseEstimate:
+FIRM = PoseGeometry(coverage=0.5, position_uncertainty=0.001, rotation_uncertainty_deg=0.05)
+
+
+def _estimate(num_inliers=100, num_matches=200, rmse=1.0, covariance=None, geometry=FIRM) -> PoseEstimate:
     inliers = np.zeros(num_matches, dtype=bool)
     inliers[:num_inliers] = True
-    return PoseEstimate(True, np.eye(4), inliers, num_inliers, num_matches, rmse, covariance, "poselib")
+    return PoseEstimate(True, np.eye(4), inliers, num_inliers, num_matches, rmse, covariance, "poselib",
+                        geometry=geometry)
 
 
 def test_acceptance_reasons():
@@ -198,12 +204,68 @@ def test_acceptance_reasons():
     assert not ok and reason.startswith("no pose: too few valid correspondences")
 
 
-def test_acceptance_on_uncertainty():
-    cov = np.diag([0.01**2] * 3 + [np.radians(0.5) ** 2] * 3)
-    assert PoseAcceptance(max_position_std=0.02, max_rotation_std_deg=1.0).check(_estimate(covariance=cov))[0]
-    ok, reason = PoseAcceptance(max_position_std=0.005).check(_estimate(covariance=cov))
-    assert not ok and reason.startswith("position uncertain")
-    ok, reason = PoseAcceptance(max_rotation_std_deg=0.1).check(_estimate(covariance=cov))
-    assert not ok and reason.startswith("rotation uncertain")
-    ok, reason = PoseAcceptance(max_position_std=1.0).check(_estimate(covariance=None))
-    assert not ok and reason == "covariance unavailable"
+def _patch_scene(n: int, window_px: float, depths=(3.5, 4.5), seed: int = 0):
+    """(T, points3d, points2d) of n points seen inside a window_px square at the image centre, at
+    depths drawn from ``depths`` (exact projections)."""
+    rng = np.random.default_rng(seed)
+    T = look_at([0.0, 0.0, -4.0], [0.0, 0.0, 0.0])
+    uv = np.array([CAMERA.cx, CAMERA.cy]) + rng.uniform(-window_px / 2, window_px / 2, (n, 2))
+    depth = rng.uniform(*depths, n)
+    rays = np.stack([(uv[:, 0] - CAMERA.cx) / CAMERA.fx, (uv[:, 1] - CAMERA.cy) / CAMERA.fy, np.ones(n)], axis=1)
+    return T, transform_points(T, rays * depth[:, None]), uv
+
+
+def test_inliers_spread_over_the_image_pin_the_pose_down():
+    T, X, uv = _patch_scene(300, window_px=460)
+    g = pose_geometry(X, uv, CAMERA, T)
+    assert 0.6 < g.coverage < 0.75  # a 460 px square in a 640x480 image
+    assert g.position_uncertainty < 0.002 and g.rotation_uncertainty_deg < 0.1
+    ok, reason = PoseAcceptance().check(_estimate(geometry=g))
+    assert ok, reason
+
+
+def test_inliers_on_a_small_flat_patch_are_weak_geometry_however_many():
+    """A poster seen from afar: every inlier on one small, flat patch."""
+    T, X, uv = _patch_scene(300, window_px=460, depths=(4.0, 4.0))
+    firm = pose_geometry(X, uv, CAMERA, T)
+    T, X, uv = _patch_scene(300, window_px=100, depths=(4.0, 4.0))
+    weak = pose_geometry(X, uv, CAMERA, T)
+    assert weak.coverage < 0.035
+    # The uncertainty grows as the patch shrinks: the tilt / sideways-shift ambiguity.
+    assert weak.position_uncertainty > 10 * firm.position_uncertainty
+    assert weak.rotation_uncertainty_deg > 10 * firm.rotation_uncertainty_deg
+    # Ten times as many matches on the same patch do not make it firm: at most 300 count.
+    T, X, uv = _patch_scene(3000, window_px=100, depths=(4.0, 4.0))
+    many = pose_geometry(X, uv, CAMERA, T)
+    assert many.position_uncertainty == pytest.approx(weak.position_uncertainty, rel=0.3)
+    ok, reason = PoseAcceptance().check(_estimate(num_inliers=3000, num_matches=3000, geometry=many))
+    assert not ok and reason.startswith("weak geometry: inliers cover"), reason
+    assert "position uncertainty" in reason and "rotation uncertainty" in reason
+
+
+def test_degenerate_inliers_have_unbounded_uncertainty():
+    T, X, uv = _patch_scene(3, window_px=100)
+    assert pose_geometry(X, uv, CAMERA, T) == PoseGeometry(0.0, float("inf"), float("inf"))
+    line = np.stack([np.linspace(100, 500, 20), np.full(20, 240.0)], axis=1)
+    T, X, _ = _patch_scene(20, window_px=100)
+    assert pose_geometry(X, line, CAMERA, T).coverage == 0.0  # collinear pixels span no area
+    assert PoseGeometry(0.1, float("inf"), 1.0).to_dict()["position_uncertainty"] is None  # JSON-safe
+
+
+def test_each_geometry_test_can_be_turned_off():
+    weak = PoseGeometry(coverage=0.02, position_uncertainty=0.05, rotation_uncertainty_deg=3.0)
+    off = PoseAcceptance(min_coverage=None, max_position_uncertainty=None, max_rotation_uncertainty_deg=None)
+    assert off.check(_estimate(geometry=weak)) == (True, "ok")
+    assert off.check(_estimate(geometry=None)) == (True, "ok")
+    ok, reason = PoseAcceptance(min_coverage=None, max_rotation_uncertainty_deg=None).check(_estimate(geometry=weak))
+    assert not ok and reason.startswith("weak geometry: position uncertainty 5.00 % of the depth")
+    ok, reason = PoseAcceptance().check(_estimate(geometry=None))
+    assert not ok and reason == "weak geometry: not measured"
+
+
+def test_estimates_carry_their_inliers_and_geometry():
+    T, X, uv, truth = make_scene(300, noise_px=0.5, outlier_ratio=0.3, seed=4)
+    est = estimate_pose(X, uv, CAMERA)
+    assert est.success and len(est.points3d) == len(est.points2d) == est.num_inliers
+    np.testing.assert_array_equal(est.points3d, X[est.inliers])
+    assert est.geometry == pose_geometry(X[est.inliers], uv[est.inliers], CAMERA, est.T_world_camera)

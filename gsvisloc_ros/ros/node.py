@@ -263,7 +263,7 @@ class GsvislocNode(Node):
         if {"max_jump_translation", "max_jump_rotation_deg", "max_jump_window", "jump_confirmations"} & set(changes):
             self._gate.max_translation, self._gate.max_rotation_deg = p.max_jump_translation, p.max_jump_rotation_deg
             self._gate.window, self._gate.confirmations = p.max_jump_window, p.jump_confirmations
-        if {"min_inliers", "min_inlier_ratio", "max_rmse_px"} & set(changes) and self._raw_localizer is not None:
+        if set(P.ACCEPTANCE_PARAMETERS) & set(changes) and self._raw_localizer is not None:
             self._localizer = self._with_thresholds(self._raw_localizer, p)
         if "use_compressed" in changes:
             self._subscribe_images()
@@ -296,8 +296,11 @@ class GsvislocNode(Node):
     def _with_thresholds(localizer, p: P.NodeParams):
         """A shallow copy of ``localizer`` whose acceptance thresholds are the parameters'."""
         view = copy.copy(localizer)
-        acceptance = dataclasses.replace(localizer.config.acceptance, min_inliers=p.min_inliers,
-                                         min_inlier_ratio=p.min_inlier_ratio, max_rmse_px=p.max_rmse_px)
+        acceptance = dataclasses.replace(
+            localizer.config.acceptance, min_inliers=p.min_inliers, min_inlier_ratio=p.min_inlier_ratio,
+            max_rmse_px=p.max_rmse_px, min_coverage=p.min_inlier_coverage or None,
+            max_position_uncertainty=p.max_position_uncertainty or None,
+            max_rotation_uncertainty_deg=p.max_rotation_uncertainty_deg or None)
         view.config = dataclasses.replace(localizer.config, acceptance=acceptance)
         return view
 

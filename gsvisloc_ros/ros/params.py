@@ -68,6 +68,13 @@ PARAMETERS: tuple[Spec, ...] = (
     Spec("min_inliers", 40, "a pose needs at least this many PnP inliers", 4, 100000),
     Spec("min_inlier_ratio", 0.5, "a pose needs at least this fraction of its matches as inliers", 0.0, 1.0),
     Spec("max_rmse_px", 2.0, "a pose needs an inlier reprojection RMSE at most this (pixels)", 0.01, 100.0),
+    Spec("min_inlier_coverage", 0.1, "a pose needs its inliers' convex hull to cover at least this fraction of "
+         "the image (weak geometry otherwise); 0: no check", 0.0, 1.0),
+    Spec("max_position_uncertainty", 0.005, "a pose needs a position uncertainty from the inliers' geometry "
+         "(1 px of noise at 640x480, at most 300 inliers counted) of at most this fraction of their depth; "
+         "0: no check", 0.0, 1.0),
+    Spec("max_rotation_uncertainty_deg", 0.3, "a pose needs a rotation uncertainty from the inliers' geometry "
+         "of at most this (degrees); 0: no check", 0.0, 180.0),
     Spec("max_jump_translation", 1.0, "largest move (map_frame units) from the last accepted pose within "
          "max_jump_window that is accepted at once; 0: no translation check", 0.0, 1e6),
     Spec("max_jump_rotation_deg", 45.0, "largest turn (degrees) from the last accepted pose within "
@@ -153,6 +160,11 @@ def map_to_frame_matrix(values) -> np.ndarray:
     return T
 
 
+#: The parameters that set the localizer's acceptance thresholds.
+ACCEPTANCE_PARAMETERS = ("min_inliers", "min_inlier_ratio", "max_rmse_px", "min_inlier_coverage",
+                         "max_position_uncertainty", "max_rotation_uncertainty_deg")
+
+
 @dataclass
 class NodeParams:
     """A snapshot of the parameters as plain Python values (one attribute per entry of :data:`PARAMETERS`)."""
@@ -176,6 +188,9 @@ class NodeParams:
     min_inliers: int = 40
     min_inlier_ratio: float = 0.5
     max_rmse_px: float = 2.0
+    min_inlier_coverage: float = 0.1
+    max_position_uncertainty: float = 0.005
+    max_rotation_uncertainty_deg: float = 0.3
     max_jump_translation: float = 1.0
     max_jump_rotation_deg: float = 45.0
     max_jump_window: float = 5.0
