@@ -5,11 +5,13 @@ covered by flat Gaussians on a jittered grid and coloured by a procedural textur
 at several scales (mottled noise, stripes, discs and rectangles), so that a feature detector finds
 corners and blobs everywhere. Units are metres and world up is +z (the ROS ``map`` frame).
 
-Two kinds:
+Three kinds:
 
 * ``tabletop``: objects on a table with a cylindrical backdrop, seen by cameras orbiting it
   (object-centric, like most phone captures).
 * ``room``: a closed room seen from inside (inside-out).
+* ``poster``: a plain wall with one textured poster: from afar, every match lies on a small
+  patch of the image, the weak geometry a localizer must not trust.
 """
 
 from __future__ import annotations
@@ -24,7 +26,7 @@ from gsvisloc_ros.gaussians import SH_C0, GaussianMap
 
 log = logging.getLogger(__name__)
 
-SCENE_KINDS = ("tabletop", "room")
+SCENE_KINDS = ("tabletop", "room", "poster")
 
 
 @dataclass(frozen=True)
@@ -39,8 +41,9 @@ class Surface:
 class Texture:
     """Procedural RGB texture on surface coordinates in metres; one random design per seed."""
 
-    def __init__(self, rng: np.random.Generator, extent: float) -> None:
+    def __init__(self, rng: np.random.Generator, extent: float, plain: bool = False) -> None:
         self.base = rng.uniform(0.15, 0.85, 3)
+        self.plain = plain
         self.noise = [(rng.uniform(0.05, 0.2), rng.normal(0.0, 1.0, (3,)) * 0.08, rng.integers(1 << 30))
                       for _ in range(3)]
         count = int(np.clip(extent * extent * 40, 8, 300))
@@ -55,6 +58,8 @@ class Texture:
     def __call__(self, st: np.ndarray) -> np.ndarray:
         """Colours [N, 3] in [0, 1] at surface coordinates ``st`` [N, 2] (metres)."""
         rgb = np.tile(self.base, (len(st), 1))
+        if self.plain:
+            return rgb
         for cell, amplitude, seed in self.noise:
             rgb += _value_noise(st / cell, seed)[:, None] * amplitude[None, :] * 2.0
         direction = np.array([np.cos(self.stripe_angle), np.sin(self.stripe_angle)])
@@ -97,7 +102,8 @@ def _frame_quaternions(normals: np.ndarray, tangents: np.ndarray) -> np.ndarray:
 
 
 def _gaussians_on_patch(surface: Surface, spacing: float, texture: Texture, rng: np.random.Generator):
-    """Flat Gaussians on a jittered grid over a planar patch."""
+    """Flat Gaussians on a jittered grid over a planar patch (overlapping more on a plain texture, so
+    that it renders without the grid's faint pattern, which a feature detector would find)."""
     len_s, len_t = np.linalg.norm(surface.axis_s), np.linalg.norm(surface.axis_t)
     ns, nt = max(2, int(np.ceil(len_s / spacing))), max(2, int(np.ceil(len_t / spacing)))
     s, t = np.meshgrid((np.arange(ns) + 0.5) / ns, (np.arange(nt) + 0.5) / nt, indexing="ij")
@@ -108,7 +114,7 @@ def _gaussians_on_patch(surface: Surface, spacing: float, texture: Texture, rng:
     normal = np.cross(surface.axis_s, surface.axis_t)
     normals = np.tile(normal, (len(means), 1))
     tangents = np.tile(surface.axis_s, (len(means), 1))
-    in_plane = spacing * 0.65
+    in_plane = spacing * (1.5 if texture.plain else 0.65)
     scales = np.tile([in_plane, in_plane, spacing * 0.05], (len(means), 1))
     return means, _frame_quaternions(normals, tangents), scales, colours
 
@@ -184,6 +190,14 @@ def _room_parts(rng: np.random.Generator, detail: float):
     return patches, []
 
 
+def _poster_parts(rng: np.random.Generator, detail: float):
+    """A plain wall (4 x 2.5 m, the plane y = 0, facing -y) with one textured poster (0.8 x 0.6 m) on it."""
+    spacing = 0.02 / detail
+    wall = Surface(np.array([-2.0, 0.0, 0.0]), np.array([0.0, 0.0, 2.5]), np.array([4.0, 0.0, 0.0]))
+    poster = Surface(np.array([-0.4, -0.01, 1.0]), np.array([0.0, 0.0, 0.6]), np.array([0.8, 0.0, 0.0]))
+    return [(wall, spacing, True), (poster, spacing * 0.5, False)], []
+
+
 def make_scene(kind: str = "tabletop", seed: int = 0, detail: float = 1.0) -> GaussianMap:
     """A procedural scene of the given ``kind`` (see :data:`SCENE_KINDS`), deterministic by ``seed``.
 
@@ -194,11 +208,11 @@ def make_scene(kind: str = "tabletop", seed: int = 0, detail: float = 1.0) -> Ga
     if not detail > 0:
         raise ValueError(f"detail must be positive, got {detail}")
     rng = np.random.default_rng(seed)
-    patches, spheres = (_tabletop_parts if kind == "tabletop" else _room_parts)(rng, detail)
+    patches, spheres = {"tabletop": _tabletop_parts, "room": _room_parts, "poster": _poster_parts}[kind](rng, detail)
     parts = []
-    for surface, spacing in patches:
+    for surface, spacing, *plain in patches:
         extent = max(np.linalg.norm(surface.axis_s), np.linalg.norm(surface.axis_t))
-        parts.append(_gaussians_on_patch(surface, spacing, Texture(rng, extent), rng))
+        parts.append(_gaussians_on_patch(surface, spacing, Texture(rng, extent, plain=bool(plain and plain[0])), rng))
     for centre, radius, spacing in spheres:
         parts.append(_gaussians_on_sphere(centre, radius, spacing, Texture(rng, 2 * np.pi * radius)))
     means, quats, scales, colours = (np.concatenate(x) for x in zip(*parts, strict=True))
