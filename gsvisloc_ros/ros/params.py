@@ -70,10 +70,10 @@ PARAMETERS: tuple[Spec, ...] = (
     Spec("max_rmse_px", 2.0, "a pose needs an inlier reprojection RMSE at most this (pixels)", 0.01, 100.0),
     Spec("min_inlier_coverage", 0.1, "a pose needs its inliers' convex hull to cover at least this fraction of "
          "the image (weak geometry otherwise); 0: no check", 0.0, 1.0),
-    Spec("max_position_uncertainty", 0.005, "a pose needs a position uncertainty from the inliers' geometry "
+    Spec("max_position_uncertainty", 0.0035, "a pose needs a position uncertainty from the inliers' geometry "
          "(1 px of noise at 640x480, at most 300 inliers counted) of at most this fraction of their depth; "
          "0: no check", 0.0, 1.0),
-    Spec("max_rotation_uncertainty_deg", 0.3, "a pose needs a rotation uncertainty from the inliers' geometry "
+    Spec("max_rotation_uncertainty_deg", 0.2, "a pose needs a rotation uncertainty from the inliers' geometry "
          "of at most this (degrees); 0: no check", 0.0, 180.0),
     Spec("max_jump_translation", 1.0, "largest move (map_frame units) from the last accepted pose within "
          "max_jump_window that is accepted at once; 0: no translation check", 0.0, 1e6),
@@ -189,8 +189,8 @@ class NodeParams:
     min_inlier_ratio: float = 0.5
     max_rmse_px: float = 2.0
     min_inlier_coverage: float = 0.1
-    max_position_uncertainty: float = 0.005
-    max_rotation_uncertainty_deg: float = 0.3
+    max_position_uncertainty: float = 0.0035
+    max_rotation_uncertainty_deg: float = 0.2
     max_jump_translation: float = 1.0
     max_jump_rotation_deg: float = 45.0
     max_jump_window: float = 5.0
