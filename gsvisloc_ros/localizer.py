@@ -18,6 +18,8 @@ Stages (timed one by one in :attr:`LocalizationResult.timings_ms`):
 
 from __future__ import annotations
 
+import copy
+import dataclasses
 import json
 import logging
 import threading
@@ -34,7 +36,7 @@ from gsvisloc_ros.fine_matching import FineMatchingConfig, refine_matches
 from gsvisloc_ros.gaussians import GaussianMap
 from gsvisloc_ros.matching import MatchingConfig, match_descriptors
 from gsvisloc_ros.pose import PnPConfig, PoseAcceptance, PoseEstimate, estimate_pose
-from gsvisloc_ros.render import render
+from gsvisloc_ros.render import backend_for_device, render
 from gsvisloc_ros.retrieval import InvertedFile
 from gsvisloc_ros.scene import EncodedScene, SceneConfig, lift_keypoints, load_or_encode, rotate_keypoints_back
 
@@ -180,10 +182,11 @@ class Localizer:
     def __init__(self, gmap: GaussianMap, config: LocalizerConfig | None = None, progress: bool = True) -> None:
         self.config = config or LocalizerConfig()
         self.map = gmap
+        self.backend = backend_for_device(self.config.device)  # renders run where the device says
         self.encoder = make_encoder(self.config.encoder, self.config.device, top_k=self.config.query_keypoints)
         self.scene: EncodedScene = load_or_encode(
             gmap, self.encoder, self.config.scene,
-            Path(self.config.cache_dir) if self.config.cache_dir else None, progress=progress,
+            Path(self.config.cache_dir) if self.config.cache_dir else None, progress=progress, backend=self.backend,
         )
         self._inverted = InvertedFile(self.scene.obs_descriptors, self.scene.image_start, self.scene.vocabulary,
                                       self.scene.obs_words)
@@ -194,6 +197,28 @@ class Localizer:
         from gsvisloc_ros.io import load_map
 
         return cls(load_map(path), config, progress)
+
+    #: Settings a :meth:`variant` cannot change: they decide the encoder and the encoded scene.
+    ENCODING_SETTINGS = ("encoder", "device", "query_keypoints", "scene")
+
+    def variant(self, **changes) -> Localizer:
+        """A localizer with some settings changed that shares this one's map, encoder and encoded
+        scene (nothing is encoded again; the two take turns, as they share the encoder).
+
+        ``changes``: :class:`LocalizerConfig` fields, except :attr:`ENCODING_SETTINGS` (build a
+        new Localizer for those). Raises ValueError on an unknown field, a bad value or an
+        encoding setting; this localizer is never modified.
+        """
+        unknown = sorted(set(changes) - {f.name for f in dataclasses.fields(self.config)})
+        if unknown:
+            raise ValueError(f"unknown LocalizerConfig settings: {', '.join(unknown)}")
+        fixed = sorted(set(changes) & set(self.ENCODING_SETTINGS))
+        if fixed:
+            raise ValueError(f"{', '.join(fixed)} change the encoding: build a new Localizer for them")
+        config = dataclasses.replace(self.config, **changes)
+        other = copy.copy(self)
+        other.config = config
+        return other
 
     # ------------------------------------------------------------------ public API
 
@@ -466,7 +491,8 @@ class Localizer:
     def _refine_round(self, image, query, camera: PinholeCamera, T: np.ndarray) -> PoseEstimate:
         """One render-and-match round at ``T``: the pose of ``image`` from matches to the render."""
         cfg = self.config
-        rendered = render(self.map, camera, invert_pose(T), near=0.01 * self.scene.geometry.radius)
+        rendered = render(self.map, camera, invert_pose(T), near=0.01 * self.scene.geometry.radius,
+                          backend=self.backend)
         features = self.encoder.extract(rendered.rgb_u8)
         matches = match_descriptors(query.descriptors, features.descriptors, None, cfg.view_matching)
         uv_query = query.keypoints[matches.query_idx]

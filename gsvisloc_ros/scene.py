@@ -202,8 +202,9 @@ def virtual_camera(config: SceneConfig) -> PinholeCamera:
     return PinholeCamera(f, f, (width - 1) / 2, (height - 1) / 2, width, height)
 
 
-def analyse_geometry(gmap: GaussianMap, config: SceneConfig) -> SceneGeometry:
-    """Robust centre and radii of the opaque Gaussians, and the viewing distance."""
+def analyse_geometry(gmap: GaussianMap, config: SceneConfig, backend: str = "auto") -> SceneGeometry:
+    """Robust centre and radii of the opaque Gaussians, and the viewing distance (``backend``: the
+    render backend of the layout probe)."""
     opaque = gmap.means[gmap.opacities >= config.min_opacity]
     if len(opaque) < 10:
         raise ValueError(
@@ -215,12 +216,12 @@ def analyse_geometry(gmap: GaussianMap, config: SceneConfig) -> SceneGeometry:
     if r90 <= 0:
         raise ValueError("the map's opaque Gaussians all sit at one point")
     half_fov = np.arctan2(config.image_size[1] / 2, config.focal_factor * config.image_size[0])
-    layout = config.layout if config.layout != "auto" else probe_layout(gmap, centre, r50)
+    layout = config.layout if config.layout != "auto" else probe_layout(gmap, centre, r50, backend)
     typical = r50 / np.sin(half_fov) if layout == "object" else r50
     return SceneGeometry(centre, float(r50), float(r90), layout, float(typical))
 
 
-def probe_layout(gmap: GaussianMap, centre: np.ndarray, radius: float) -> str:
+def probe_layout(gmap: GaussianMap, centre: np.ndarray, radius: float, backend: str = "auto") -> str:
     """``"inside_out"`` when the centre is free space surrounded by surfaces, else ``"object"``.
 
     Six 90-degree views from the centre: in a room every side is covered and the surfaces are a
@@ -230,7 +231,8 @@ def probe_layout(gmap: GaussianMap, centre: np.ndarray, radius: float) -> str:
     probe = PinholeCamera(16.0, 16.0, 15.5, 15.5, 32, 32)
     coverage, depth = [], []
     for d in np.vstack([np.eye(3), -np.eye(3)]):
-        result = render(gmap, probe, invert_pose(look_at(centre, centre + d, _up_for(d))), near=0.01 * radius)
+        result = render(gmap, probe, invert_pose(look_at(centre, centre + d, _up_for(d))), near=0.01 * radius,
+                        backend=backend)
         covered = result.alpha > 0.5
         coverage.append(covered.mean())
         depth.append(np.median(result.depth[covered]) / radius if covered.any() else 0.0)
@@ -252,7 +254,8 @@ def _up_for(direction: np.ndarray) -> np.ndarray:
     return up if abs(direction @ up) < 0.9 else np.array([1.0, 0.0, 0.0])
 
 
-def virtual_views(gmap: GaussianMap, geometry: SceneGeometry, config: SceneConfig) -> list[np.ndarray]:
+def virtual_views(gmap: GaussianMap, geometry: SceneGeometry, config: SceneConfig,
+                  backend: str = "auto") -> list[np.ndarray]:
     """T_world_camera of the virtual viewpoints that cover the map.
 
     Object layout: cameras on spheres around the centre, looking at it. A camera whose view is
@@ -275,7 +278,7 @@ def virtual_views(gmap: GaussianMap, geometry: SceneGeometry, config: SceneConfi
             distance = factor * geometry.typical_distance
             for _ in range(4):
                 T = look_at(geometry.centre + distance * d, geometry.centre, _up_for(d))
-                depth = render(gmap, probe, invert_pose(T), near=near).depth
+                depth = render(gmap, probe, invert_pose(T), near=near, backend=backend).depth
                 if np.mean((depth > 0) & (depth < 0.35 * distance)) < 0.3:
                     break
                 distance *= 0.7
@@ -283,12 +286,12 @@ def virtual_views(gmap: GaussianMap, geometry: SceneGeometry, config: SceneConfi
             # (leaves of a plant, say), which close-up queries need.
             views.append(T)
             if factor < 1.0:
-                views += _aimed_off_centre(gmap, T, config, probe, near)
+                views += _aimed_off_centre(gmap, T, config, probe, near, backend)
     return views
 
 
 def _aimed_off_centre(gmap: GaussianMap, T: np.ndarray, config: SceneConfig, probe: PinholeCamera,
-                      near: float) -> list[np.ndarray]:
+                      near: float, backend: str) -> list[np.ndarray]:
     """Views from the position of ``T`` turned ``aim_tilt_deg`` away from its axis, evenly around it."""
     views = []
     tilt = np.radians(config.aim_tilt_deg)
@@ -297,7 +300,7 @@ def _aimed_off_centre(gmap: GaussianMap, T: np.ndarray, config: SceneConfig, pro
         axis = np.cos(phi) * T[:3, 0] + np.sin(phi) * T[:3, 1]  # turn about an axis across the view
         turned = T.copy()
         turned[:3, :3] = Rotation.from_rotvec(tilt * axis).as_matrix() @ T[:3, :3]
-        if np.mean(render(gmap, probe, invert_pose(turned), near=near).alpha > 0.5) > 0.2:
+        if np.mean(render(gmap, probe, invert_pose(turned), near=near, backend=backend).alpha > 0.5) > 0.2:
             views.append(turned)
     return views
 
@@ -381,20 +384,21 @@ def fuse_landmarks(points: np.ndarray, descriptors: np.ndarray, target: int) -> 
     return fused_points.astype(np.float32), fused.astype(np.float32), counts.astype(np.int32), float(size)
 
 
-def encode_scene(gmap: GaussianMap, encoder, config: SceneConfig | None = None, progress: bool = True) -> EncodedScene:
-    """Encode ``gmap`` into landmarks with ``encoder`` (see the module docstring)."""
+def encode_scene(gmap: GaussianMap, encoder, config: SceneConfig | None = None, progress: bool = True,
+                 backend: str = "auto") -> EncodedScene:
+    """Encode ``gmap`` into landmarks with ``encoder``, rendering with ``backend`` (see the module docstring)."""
     config = config or SceneConfig()
     start = time.perf_counter()
-    geometry = analyse_geometry(gmap, config)
+    geometry = analyse_geometry(gmap, config, backend)
     camera = virtual_camera(config)
-    views = virtual_views(gmap, geometry, config)
+    views = virtual_views(gmap, geometry, config, backend)
     log.info("encoding %d Gaussians (%s layout) from %d virtual views x %d rolls",
              len(gmap), geometry.layout, len(views), config.rolls)
     obs_points, obs_uv, obs_desc, image_view, image_roll, counts = [], [], [], [], [], []
     turns = [0, 1, 2, 3][:: 4 // config.rolls]
     width, height = camera.size
     for view, T in enumerate(tqdm(views, desc="encoding views", unit="view", disable=not progress)):
-        result = render(gmap, camera, invert_pose(T), near=0.01 * geometry.radius)
+        result = render(gmap, camera, invert_pose(T), near=0.01 * geometry.radius, backend=backend)
         uv, desc = [], []
         for k in turns:
             features = encoder.extract(np.ascontiguousarray(np.rot90(result.rgb_u8, k)))
@@ -455,7 +459,7 @@ def cache_path(gmap: GaussianMap, encoder_name: str, config: SceneConfig, cache_
 
 
 def load_or_encode(gmap: GaussianMap, encoder, config: SceneConfig | None = None,
-                   cache_dir: Path | None = None, progress: bool = True) -> EncodedScene:
+                   cache_dir: Path | None = None, progress: bool = True, backend: str = "auto") -> EncodedScene:
     """The encoded scene from the cache when it is there and valid, else encode and cache it.
 
     A cache directory that cannot be written only costs the cache (logged), never the result.
@@ -471,7 +475,7 @@ def load_or_encode(gmap: GaussianMap, encoder, config: SceneConfig | None = None
             log.warning("cache %s does not belong to this map and settings: re-encoding", path)
         except Exception as exc:  # a corrupt or foreign cache file must not stop localization
             log.warning("cannot read cache %s (%s): re-encoding", path, exc)
-    scene = encode_scene(gmap, encoder, config, progress=progress)
+    scene = encode_scene(gmap, encoder, config, progress=progress, backend=backend)
     try:
         scene.save(path)
         log.info("cached encoded scene at %s", path)

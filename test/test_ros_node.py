@@ -40,7 +40,7 @@ from gsvisloc_ros.localizer import Localizer, LocalizerConfig  # noqa: E402
 from gsvisloc_ros.render import render  # noqa: E402
 from gsvisloc_ros.ros import messages as M  # noqa: E402
 from gsvisloc_ros.ros import tf as T  # noqa: E402
-from gsvisloc_ros.ros.node import GsvislocNode, JumpGate  # noqa: E402
+from gsvisloc_ros.ros.node import GsvislocNode  # noqa: E402
 from gsvisloc_ros.ros.params import map_to_frame_matrix  # noqa: E402
 from gsvisloc_ros.scene import SceneConfig  # noqa: E402
 from gsvisloc_ros.synthetic import make_scene  # noqa: E402
@@ -525,34 +525,6 @@ def test_parameters_are_validated_at_run_time(world, harness_factory):
 
 
 # ------------------------------------------------------------------------------ the jump gate
-
-
-def _at(x: float, yaw_deg: float = 0.0) -> np.ndarray:
-    T_ = np.eye(4)
-    c, s = math.cos(math.radians(yaw_deg)), math.sin(math.radians(yaw_deg))
-    T_[:3, :3] = [[c, -s, 0], [s, c, 0], [0, 0, 1]]
-    T_[0, 3] = x
-    return T_
-
-
-def test_jump_gate_holds_back_jumps_until_confirmed():
-    gate = JumpGate(max_translation=1.0, max_rotation_deg=30.0, window=5.0, confirmations=2)
-    assert gate.check(_at(0.0), 0.0)[0]  # the first pose
-    assert gate.check(_at(0.5), 1.0)[0]  # a plausible move
-    ok, why = gate.check(_at(5.0), 2.0)
-    assert not ok and "jump rejected" in why and "1/2" in why
-    ok, why = gate.check(_at(9.0), 3.0)  # jumps, but not consistent with the held one
-    assert not ok and "1/2" in why
-    ok, why = gate.check(_at(9.1), 4.0)  # consistent: confirmed
-    assert ok and "confirmed" in why
-    assert not gate.check(_at(9.1, 90.0), 5.0)[0]  # turning too far is a jump too
-    assert gate.check(_at(9.2), 5.5)[0]  # back near the last accepted pose: held jump forgotten
-    assert gate.check(_at(50.0), 20.0)[0]  # beyond the window: anything goes
-    gate.reset()
-    assert gate.check(_at(-50.0), 21.0)[0]
-    assert JumpGate(1.0, 30.0, 5.0, 1).check(_at(0.0), 0.0)[0]
-    off = JumpGate(0.0, 0.0, 5.0, 3)
-    assert off.check(_at(0.0), 0.0)[0] and off.check(_at(100.0, 170.0), 0.1)[0]
 
 
 # ------------------------------------------------------------------------------ the shared capture

@@ -16,9 +16,10 @@ Topics of a synthetic bag (frame ids from :class:`~gsvisloc_ros.synthetic.trajec
   optical frame in ``map`` (T_world_camera), one per image with the image's stamp.
 
 Reading finds the image and camera-info topics by message type when they are not named, decodes
-``rgb8``, ``bgr8``, ``mono8``, ``rgba8``, ``bgra8`` (and ``8UC1``/``8UC3``, 16-bit mono scaled
-down) and JPEG/PNG compressed images, undistorts with the camera info's plumb-bob or equidistant
-model, and reports every frame it cannot use with the reason instead of stopping.
+images and camera infos with the node's own rules (:func:`~gsvisloc_ros.ros.messages.message_to_rgb`,
+:func:`~gsvisloc_ros.ros.messages.camera_info_to_model`: the same pixels and intrinsics whether a
+bag is replayed straight into the localizer or through the node), undistorts them the same way,
+and reports every frame it cannot use with the reason instead of stopping.
 """
 
 from __future__ import annotations
@@ -31,6 +32,7 @@ from pathlib import Path
 import numpy as np
 
 from gsvisloc_ros.camera import PinholeCamera, matrix_to_quat_xyzw, pose_from_xyz_quat
+from gsvisloc_ros.ros.messages import CameraModel, camera_info_to_model, message_to_rgb
 
 log = logging.getLogger(__name__)
 
@@ -265,102 +267,6 @@ def write_synthetic_bag(path: str | Path, gmap, trajectory, camera: PinholeCamer
 # ---------------------------------------------------------------------------------------- reading
 
 
-class UnusableImage(ValueError):
-    """An image message that cannot be turned into pixels; ``str()`` says why."""
-
-
-_CHANNELS = {"rgb8": 3, "bgr8": 3, "rgba8": 4, "bgra8": 4, "mono8": 1, "8uc1": 1, "8uc3": 3, "8uc4": 4,
-             "mono16": 1, "16uc1": 1}
-
-
-def decode_image(msg, msgtype: str) -> np.ndarray:
-    """uint8 RGB [H, W, 3] or grey [H, W] pixels of an ``Image`` or ``CompressedImage`` message.
-
-    Raises :class:`UnusableImage` with the reason when the encoding is not supported or the data
-    does not match its header.
-    """
-    import cv2
-
-    if msgtype == COMPRESSED:
-        fmt = str(msg.format or "").lower()
-        if "compresseddepth" in fmt:
-            raise UnusableImage(f"compressed depth image (format {msg.format!r}), not a camera image")
-        data = np.asarray(msg.data, dtype=np.uint8)
-        image = cv2.imdecode(data, cv2.IMREAD_UNCHANGED) if data.size else None
-        if image is None:
-            raise UnusableImage(f"cannot decode the compressed image (format {msg.format!r}, {data.size} bytes): "
-                                "corrupt, or not JPEG/PNG")
-        if image.dtype != np.uint8:
-            image = (image >> 8).astype(np.uint8) if image.dtype == np.uint16 else image.astype(np.uint8)
-        if image.ndim == 3:  # OpenCV decodes to BGR(A), whatever the format string says
-            image = cv2.cvtColor(image, cv2.COLOR_BGRA2RGB if image.shape[2] == 4 else cv2.COLOR_BGR2RGB)
-        return image
-    encoding = str(msg.encoding or "")
-    channels = _CHANNELS.get(encoding.lower())
-    if channels is None:
-        raise UnusableImage(f"unsupported image encoding {encoding!r} (supported: rgb8, bgr8, mono8, rgba8, bgra8, "
-                            "8UC1, 8UC3, mono16, and JPEG/PNG CompressedImage)")
-    h, w, step = int(msg.height), int(msg.width), int(msg.step)
-    depth = 2 if encoding.lower() in ("mono16", "16uc1") else 1
-    data = np.asarray(msg.data, dtype=np.uint8)
-    if h < 1 or w < 1 or step < w * channels * depth or data.size < step * h:
-        raise UnusableImage(f"{encoding} image of {w}x{h} (step {step}) with {data.size} bytes of data: "
-                            "header and data disagree")
-    rows = data[: step * h].reshape(h, step)[:, : w * channels * depth]
-    if depth == 2:
-        values = rows.view(">u2" if msg.is_bigendian else "<u2").reshape(h, w)
-        return (values >> 8).astype(np.uint8)
-    pixels = np.ascontiguousarray(rows.reshape(h, w, channels) if channels > 1 else rows.reshape(h, w))
-    lower = encoding.lower()
-    if lower in ("bgr8", "8uc3"):
-        return cv2.cvtColor(pixels, cv2.COLOR_BGR2RGB)
-    if lower in ("bgra8", "8uc4"):
-        return cv2.cvtColor(pixels, cv2.COLOR_BGRA2RGB)
-    if lower == "rgba8":
-        return cv2.cvtColor(pixels, cv2.COLOR_RGBA2RGB)
-    return pixels
-
-
-@dataclass
-class CameraModel:
-    """A camera info message's intrinsics and distortion (what the localizer needs of it)."""
-
-    camera: PinholeCamera
-    distortion_model: str
-    distortion: np.ndarray
-
-    @property
-    def distorted(self) -> bool:
-        return self.distortion.size > 0 and bool(np.any(self.distortion != 0))
-
-    def undistort(self, image: np.ndarray) -> np.ndarray:
-        """The image as the undistorted pinhole :attr:`camera` would see it."""
-        if not self.distorted:
-            return image
-        import cv2
-
-        K = self.camera.K
-        if self.distortion_model == "equidistant":
-            return cv2.fisheye.undistortImage(image, K, self.distortion[:4], Knew=K)
-        return cv2.undistort(image, K, self.distortion)
-
-
-def camera_from_info(msg) -> CameraModel:
-    """The pinhole camera of a ``sensor_msgs/CameraInfo``; raises ValueError when it is unusable."""
-    K = np.asarray(msg.k, dtype=np.float64).reshape(-1)
-    if K.size != 9 or not np.all(np.isfinite(K)) or K[0] <= 0 or K[4] <= 0:
-        raise ValueError(f"camera_info has no valid intrinsics (K = {K.tolist()})")
-    model = str(msg.distortion_model or "plumb_bob")
-    d = np.asarray(msg.d, dtype=np.float64).reshape(-1)
-    if d.size and np.any(d != 0) and model not in ("plumb_bob", "rational_polynomial", "equidistant"):
-        raise ValueError(f"camera_info distortion model {model!r} is not supported")
-    binning = max(int(msg.binning_x), 1), max(int(msg.binning_y), 1)
-    if binning != (1, 1) or int(msg.roi.width) > 0:
-        raise ValueError("camera_info with binning or a region of interest is not supported")
-    camera = PinholeCamera(float(K[0]), float(K[4]), float(K[2]), float(K[5]), int(msg.width), int(msg.height))
-    return CameraModel(camera, model, d)
-
-
 def pose_from_message(msg, msgtype: str) -> np.ndarray:
     """4x4 pose of a PoseStamped, PoseWithCovarianceStamped, Odometry or TransformStamped."""
     if msgtype == TRANSFORM_STAMPED:
@@ -387,7 +293,8 @@ class Frame:
     problem: str = ""  # why the frame cannot be evaluated ("" when it can)
     raw: bytes | None = None  # the serialized message (for replay through a node)
     msgtype: str = ""
-    model: CameraModel | None = None  # the camera info's model, distortion included (with keep_raw)
+    model: CameraModel | None = None  # the camera model, distortion included
+    info_raw: bytes | None = None  # the serialized camera info used, when from the bag (with keep_raw)
     frame_id: str = ""
 
 
@@ -530,13 +437,13 @@ def read_frames(contents: BagContents, intrinsics: tuple[float, float, float, fl
     Camera info and ground truth are read first (small), then images are decoded one by one.
     Each image uses the camera info closest in time (they rarely change); ``intrinsics``
     (fx, fy, cx, cy) replace the bag's, at each image's size. A frame that cannot be used comes
-    with ``problem`` set and no image. ``keep_raw``: also keep the serialized message and the
-    camera model (for replay through the node).
+    with ``problem`` set and no image. ``keep_raw``: also keep the serialized image and camera
+    info messages (for replay through the node).
     """
     reader = _open_reader(contents.path)
     try:
         by_topic = {c.topic: c for c in reader.connections}
-        infos: list[tuple[int, CameraModel | str]] = []
+        infos: list[tuple[int, CameraModel | str, bytes]] = []
         gt_stamps, gt_poses = [], []
         side = [by_topic[t] for t in (contents.camera_info_topic, contents.gt_topic) if t in by_topic]
         if intrinsics is None and contents.camera_info_topic is None:
@@ -550,16 +457,16 @@ def read_frames(contents: BagContents, intrinsics: tuple[float, float, float, fl
                 continue
             if connection.topic == contents.camera_info_topic:
                 try:
-                    infos.append((stamp_ns(msg), camera_from_info(msg)))
+                    infos.append((stamp_ns(msg), camera_info_to_model(msg), bytes(raw)))
                 except ValueError as exc:
-                    infos.append((stamp_ns(msg), str(exc)))
+                    infos.append((stamp_ns(msg), str(exc), bytes(raw)))
             else:
                 gt_stamps.append(stamp_ns(msg))
                 gt_poses.append(pose_from_message(msg, connection.msgtype))
         if intrinsics is None and not infos:
             raise ValueError(f"{contents.path}: {contents.camera_info_topic} has no readable camera_info message; "
                              "give the intrinsics with --intrinsics FX,FY,CX,CY")
-        info_stamps = np.asarray([s for s, _ in infos], dtype=np.int64)
+        info_stamps = np.asarray([s for s, _, _ in infos], dtype=np.int64)
         truth = _GroundTruth(gt_stamps, gt_poses)
         image_connections = [c for c in reader.connections if c.topic == contents.image_topic]
         for index, (connection, timestamp, raw) in enumerate(reader.messages(connections=image_connections)):
@@ -574,16 +481,17 @@ def read_frames(contents: BagContents, intrinsics: tuple[float, float, float, fl
             frame.frame_id = str(msg.header.frame_id)
             frame.T_gt = truth.at(frame.stamp_ns)
             try:
-                image = decode_image(msg, connection.msgtype)
-            except UnusableImage as exc:
+                image = message_to_rgb(msg)
+            except ValueError as exc:
                 frame.problem = str(exc)
                 yield frame
                 continue
             h, w = image.shape[:2]
+            info_raw = None
             if intrinsics is not None:
-                model = CameraModel(PinholeCamera(*intrinsics, w, h), "plumb_bob", np.zeros(0))
+                model = CameraModel(PinholeCamera(*intrinsics, w, h), frame_id=frame.frame_id)
             else:
-                model = infos[int(np.argmin(np.abs(info_stamps - frame.stamp_ns)))][1]
+                _, model, info_raw = infos[int(np.argmin(np.abs(info_stamps - frame.stamp_ns)))]
                 if isinstance(model, str):
                     frame.problem = f"unusable camera_info: {model}"
                     yield frame
@@ -595,8 +503,9 @@ def read_frames(contents: BagContents, intrinsics: tuple[float, float, float, fl
                 continue
             frame.image = model.undistort(image)
             frame.camera = model.camera
+            frame.model = model
             if keep_raw:
-                frame.model = model
+                frame.info_raw = info_raw
             yield frame
     finally:
         reader.close()
