@@ -30,7 +30,7 @@ from .camera import PinholeCamera, invert_pose, make_pose
 BACKENDS = ("auto", "poselib", "opencv")
 
 
-@dataclass
+@dataclass(frozen=True)
 class PnPConfig:
     """Settings of :func:`estimate_pose`.
 
@@ -323,7 +323,7 @@ def estimate_pose(
     return PoseEstimate(True, T, inliers, num, n, rmse, cov, used, message)
 
 
-@dataclass
+@dataclass(frozen=True)
 class PoseAcceptance:
     """When is an estimate good enough to publish?
 

@@ -39,7 +39,7 @@ from gsvisloc_ros.retrieval import nearest_words, train_vocabulary
 log = logging.getLogger(__name__)
 
 #: Bump when the encoding changes in a way that invalidates caches.
-ENCODING_VERSION = 3
+ENCODING_VERSION = 4
 LAYOUTS = ("auto", "object", "inside_out")
 
 
@@ -57,7 +57,7 @@ class SceneConfig:
             ways off the centre, evenly around its axis (close-ups rarely look at the centre of the
             object, and XFeat matches a close-up only from within ~20 degrees of its viewpoint).
             Measured on the two shared captures (640x480 close-up queries, own generator, 20 per
-            map, with the earlier 60-direction, 4-roll encoding and VLAD retrieval): 0 -> 10/20 and
+            map; 60 directions, 4 rolls, retrieval by a global image descriptor): 0 -> 10/20 and
             15/20 localized, 3 -> 14/20 and 17/20; encoding 2.3x longer. With 120 directions and
             vote retrieval (the defaults): 19/20 and 19/20.
         aim_tilt_deg: how far off the centre those views look (about the virtual camera's half field
@@ -132,15 +132,15 @@ class SceneGeometry:
                    str(d["layout"]), float(d["typical_distance"]))
 
 
-ARRAYS = ("points", "descriptors", "rolls", "observations", "view_poses", "image_view", "image_roll",
-          "image_start", "obs_points", "obs_uv", "obs_descriptors", "obs_words", "vocabulary")
+ARRAYS = ("points", "descriptors", "view_poses", "image_view", "image_roll", "image_start", "obs_points",
+          "obs_descriptors", "obs_words", "vocabulary")
 
 
 @dataclass
 class EncodedScene:
     """What localization needs of one map, computed once.
 
-    * Landmarks: 3D points with unit-norm fused descriptors, each in one roll bucket.
+    * Landmarks: 3D points with unit-norm fused descriptors (fused per roll of the renders).
     * Virtual images (one per virtual view and roll): their pose and their lifted keypoints
       (observations, stored image by image: rows ``image_start[i]:image_start[i+1]``), each filed
       under a visual word for retrieval.
@@ -148,14 +148,11 @@ class EncodedScene:
 
     points: np.ndarray  # [L, 3] float32 landmark positions, map frame
     descriptors: np.ndarray  # [L, D] float32, unit norm
-    rolls: np.ndarray  # [L] int8, roll bucket (quarter turns of the render)
-    observations: np.ndarray  # [L] int32, how many lifted keypoints were fused into each landmark
     view_poses: np.ndarray  # [V, 4, 4] T_world_camera of the virtual views
     image_view: np.ndarray  # [I] int32, view of each virtual image
     image_roll: np.ndarray  # [I] int8, quarter turns of each virtual image
     image_start: np.ndarray  # [I + 1] int64, first observation row of each image
     obs_points: np.ndarray  # [M, 3] float32, lifted keypoints in the map frame
-    obs_uv: np.ndarray  # [M, 2] float32, their pixel positions in the (unrotated) view
     obs_descriptors: np.ndarray  # [M, D] float16
     obs_words: np.ndarray  # [M] int16, nearest visual word of each (the retrieval's inverted file)
     vocabulary: np.ndarray  # [K, D] float32 visual words
@@ -394,7 +391,7 @@ def encode_scene(gmap: GaussianMap, encoder, config: SceneConfig | None = None, 
     views = virtual_views(gmap, geometry, config, backend)
     log.info("encoding %d Gaussians (%s layout) from %d virtual views x %d rolls",
              len(gmap), geometry.layout, len(views), config.rolls)
-    obs_points, obs_uv, obs_desc, image_view, image_roll, counts = [], [], [], [], [], []
+    obs_points, obs_desc, image_view, image_roll, counts = [], [], [], [], []
     turns = [0, 1, 2, 3][:: 4 // config.rolls]
     width, height = camera.size
     for view, T in enumerate(tqdm(views, desc="encoding views", unit="view", disable=not progress)):
@@ -413,7 +410,6 @@ def encode_scene(gmap: GaussianMap, encoder, config: SceneConfig | None = None, 
         for i, k in enumerate(turns):
             kept = keep[bounds[i]:bounds[i + 1]]
             obs_points.append(points[lifted[i]:lifted[i + 1]].astype(np.float32))
-            obs_uv.append(uv[i][kept].astype(np.float32))
             obs_desc.append(desc[i][kept])
             image_view.append(view)
             image_roll.append(k)
@@ -423,7 +419,7 @@ def encode_scene(gmap: GaussianMap, encoder, config: SceneConfig | None = None, 
         raise ValueError(f"only {len(P)} keypoints could be lifted from the virtual views: "
                          "is the map empty, transparent or without texture?")
     R = np.repeat(np.asarray(image_roll, np.int8), counts)
-    parts = [fuse_landmarks(P[R == k], D[R == k], config.landmarks_per_roll) + (k,) for k in turns]
+    parts = [fuse_landmarks(P[R == k], D[R == k], config.landmarks_per_roll) for k in turns]
     vocabulary = train_vocabulary(D, words=config.vocabulary_words)
     seconds = time.perf_counter() - start
     stats = {"views": len(views), "observations": int(len(P)), "landmarks": int(sum(len(p[0]) for p in parts)),
@@ -432,13 +428,11 @@ def encode_scene(gmap: GaussianMap, encoder, config: SceneConfig | None = None, 
     return EncodedScene(
         points=np.concatenate([p[0] for p in parts]),
         descriptors=np.concatenate([p[1] for p in parts]),
-        rolls=np.concatenate([np.full(len(p[0]), p[4], np.int8) for p in parts]),
-        observations=np.concatenate([p[2] for p in parts]),
         view_poses=np.asarray(views),
         image_view=np.asarray(image_view, np.int32),
         image_roll=np.asarray(image_roll, np.int8),
         image_start=np.concatenate([[0], np.cumsum(counts)]).astype(np.int64),
-        obs_points=P, obs_uv=np.concatenate(obs_uv), obs_descriptors=D.astype(np.float16),
+        obs_points=P, obs_descriptors=D.astype(np.float16),
         obs_words=nearest_words(D, vocabulary).astype(np.int16),
         vocabulary=vocabulary, geometry=geometry, camera=camera,
         map_hash=gmap.content_hash, encoder=encoder.name, config_key=config.key(encoder.name), stats=stats,

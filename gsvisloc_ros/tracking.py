@@ -113,6 +113,7 @@ class TrackedResult:
     """One frame of a stream: what the localizer answered and whether the pose is trusted.
 
     ``trusted``: the localizer accepted the pose and the jump gate let it through (publish it).
+    ``from_track``: the frame was localized from the track (its prior is the last trusted pose).
     ``note``: why a pose the localizer accepted is not trusted, or a remark on a trusted one (a
     confirmed jump). ``prior_note``: where the prior came from (" (tracking from the last pose)",
     ...), empty for a global search.
@@ -123,6 +124,7 @@ class TrackedResult:
     note: str = ""
     prior: np.ndarray | None = None
     prior_note: str = ""
+    from_track: bool = False
 
 
 class Tracker:
@@ -175,13 +177,15 @@ class Tracker:
         known; ``prior`` (with ``prior_note``): a prior from elsewhere (e.g. /initialpose), used
         instead of the track.
         """
-        if prior is None:
+        from_track = prior is None
+        if from_track:
             prior, prior_note = self.prior(stamp, camera_frame, T_odom_camera)
+            from_track = prior is not None
         result = localizer.localize(image, camera, prior)
         if not result.success:
-            return TrackedResult(result, False, "", prior, prior_note)
+            return TrackedResult(result, False, "", prior, prior_note, from_track)
         trusted, note = self.admit(result.T_world_camera, stamp, camera_frame, T_odom_camera)
-        return TrackedResult(result, trusted, note, prior, prior_note)
+        return TrackedResult(result, trusted, note, prior, prior_note, from_track)
 
     def admit(self, T_map_camera: np.ndarray, stamp: float, camera_frame: str = "",
               T_odom_camera: np.ndarray | None = None) -> tuple[bool, str]:

@@ -8,7 +8,7 @@ import pytest
 from rosbags.highlevel import AnyReader
 from rosbags.interfaces import QosDurability
 
-from gsvisloc_ros.camera import invert_pose, pose_from_xyz_quat
+from gsvisloc_ros.camera import default_camera, invert_pose, pose_from_xyz_quat
 from gsvisloc_ros.cli import main
 from gsvisloc_ros.evaluation.bags import (
     COMPRESSED,
@@ -23,7 +23,6 @@ from gsvisloc_ros.render import render
 from gsvisloc_ros.ros.messages import CameraInfoError, ImageConversionError, camera_info_to_model, message_to_rgb
 from gsvisloc_ros.synthetic import (
     Rig,
-    default_camera,
     default_map,
     make_trajectory,
     map_extent,

@@ -10,12 +10,12 @@ import pytest
 from rosbags.rosbag2 import StoragePlugin, Writer
 
 import gsvisloc_ros.synthetic.trajectories as trajectories
-from gsvisloc_ros.camera import invert_pose, matrix_to_quat_xyzw
+from gsvisloc_ros.camera import default_camera, invert_pose, matrix_to_quat_xyzw
 from gsvisloc_ros.cli import main
 from gsvisloc_ros.evaluation.bags import typestore
 from gsvisloc_ros.render import render
 from gsvisloc_ros.scene import SceneConfig
-from gsvisloc_ros.synthetic import default_camera, default_map, make_trajectory
+from gsvisloc_ros.synthetic import default_map, make_trajectory
 
 # A small encoding of the default map keeps the tests quick (the demo uses the real one); the
 # cache directory is shared by every test module of the session.
@@ -199,13 +199,17 @@ def test_unknown_topics_and_missing_bags_are_clear_errors(good_bag, cache_dir, t
     assert "ground truth must be one of" in capsys.readouterr().err
 
 
-def test_replay_through_the_ros_node(cache_dir, tmp_path, capsys):
+def _require_the_node() -> None:
     pytest.importorskip("rclpy")
     from gsvisloc_ros.evaluation.replay import node_available
 
     ok, why = node_available()
     if not ok:
         pytest.skip(why)
+
+
+def test_replay_through_the_ros_node(cache_dir, tmp_path, capsys):
+    _require_the_node()
     bag = tmp_path / "bag"
     # 0.1 Hz: frames far apart in time, so the node's jump gate does not hold back an orbit of 3 frames.
     assert main(["make-bag", "--map", "default", "--out", str(bag), "--frames", "3", "--size", "320x240",
@@ -222,12 +226,7 @@ def test_replay_through_the_ros_node(cache_dir, tmp_path, capsys):
 def test_straight_into_the_localizer_and_through_the_node_give_the_same_poses_and_decisions(cache_dir, tmp_path):
     """One product: replaying a walk at 10 Hz (tracked frames, odometry from the bag's TF, the jump
     gate) straight into the localizer and through the node gives the same outcome for every frame."""
-    pytest.importorskip("rclpy")
-    from gsvisloc_ros.evaluation.replay import node_available
-
-    ok, why = node_available()
-    if not ok:
-        pytest.skip(why)
+    _require_the_node()
     bag = tmp_path / "bag"
     assert main(["make-bag", "--map", "default", "--out", str(bag), "--frames", "8", "--size", "320x240",
                  "--trajectory", "walk"]) == 0

@@ -19,7 +19,6 @@ too, with ``problem`` set: they are reported, not localized, and do not stop the
 from __future__ import annotations
 
 import logging
-import os
 import time
 from dataclasses import dataclass
 
@@ -73,7 +72,7 @@ def replay_direct(contents: BagContents, localizer, intrinsics=None, progress: b
     from concurrent.futures import ThreadPoolExecutor
 
     from gsvisloc_ros.evaluation.bags import TF, raw_messages, typestore
-    from gsvisloc_ros.ros.tf import ShimBuffer, ShimTransformException
+    from gsvisloc_ros.ros.compat import ShimBuffer, ShimTransformException
 
     tracker = Tracker(tracking)
     buffer = ShimBuffer()
@@ -135,7 +134,9 @@ def replay_direct(contents: BagContents, localizer, intrinsics=None, progress: b
 
 def node_available() -> tuple[bool, str]:
     """(whether the ROS node can be used for replay, the reason when it cannot)."""
-    ros_environment()  # before rclpy is imported
+    from gsvisloc_ros.ros import local_environment
+
+    local_environment()  # before rclpy is imported
     try:
         import rclpy  # noqa: F401
     except Exception as exc:  # the ROS wheels raise various errors when their libraries are missing
@@ -145,16 +146,6 @@ def node_available() -> tuple[bool, str]:
     except ImportError as exc:
         return False, f"the gsvisloc ROS node is not available yet ({exc})"
     return True, ""
-
-
-def ros_environment() -> None:
-    """Keep DDS on this machine unless the caller chose otherwise, and give ament_index a prefix."""
-    import sys
-
-    os.environ.setdefault("ROS_AUTOMATIC_DISCOVERY_RANGE", "LOCALHOST")
-    os.environ.setdefault("ROS_LOCALHOST_ONLY", "1")
-    if not os.environ.get("AMENT_PREFIX_PATH") and sys.prefix != sys.base_prefix:
-        os.environ["AMENT_PREFIX_PATH"] = sys.prefix
 
 
 def replay_through_node(contents: BagContents, localizer, intrinsics=None, progress: bool = True,
@@ -262,7 +253,7 @@ class _Replayer:
             values = {kv.key: kv.value for kv in status.values}
             self.state = values.get("state", self.state)
             self.camera_state = values.get("camera_info", self.camera_state)
-            if not status.message.startswith("localized"):
+            if values.get("status_code") != "localized":
                 self.failures[self._ns(msg.header.stamp)] = status.message
 
     def wait_until_ready(self, executor, timeout_s: float) -> None:

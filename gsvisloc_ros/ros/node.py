@@ -21,8 +21,9 @@ topic / service                    type                                    notes
                                                                            transient-local
 ``~/rendered``                     sensor_msgs/Image                       the map rendered at the accepted pose
                                                                            (only when subscribed)
-``/diagnostics``                   diagnostic_msgs/DiagnosticArray         status, latency, inliers, drops,
-                                                                           last failure
+``/diagnostics``                   diagnostic_msgs/DiagnosticArray         status (``status_code``: a key of
+                                                                           :data:`STATUS_CODES`), latency,
+                                                                           inliers, drops, last failure
 ``/tf``                            tf2_msgs/TFMessage                      map -> odom (post-dated), else
                                                                            map -> base or camera
 ``~/trigger_localization``         std_srvs/Trigger                        ``on_demand``: localize the next frame
@@ -64,6 +65,13 @@ from std_srvs.srv import Trigger
 
 from gsvisloc_ros.camera import invert_pose
 from gsvisloc_ros.ros import params as P
+from gsvisloc_ros.ros.compat import (
+    Buffer,
+    TransformBroadcaster,
+    TransformException,
+    TransformListener,
+    lookup_matrix,
+)
 from gsvisloc_ros.ros.messages import (
     CameraInfoError,
     ImageConversionError,
@@ -77,13 +85,6 @@ from gsvisloc_ros.ros.messages import (
     pose_to_matrix,
     rgb_to_image,
 )
-from gsvisloc_ros.ros.tf import (
-    Buffer,
-    TransformBroadcaster,
-    TransformException,
-    TransformListener,
-    lookup_matrix,
-)
 from gsvisloc_ros.tracking import Tracker
 
 #: Rotation from a REP-103 body frame (x forward, z up) to an optical frame (z forward, y down):
@@ -96,6 +97,10 @@ PATH_LENGTH = 1000
 FALLBACK_COVARIANCE = np.diag([1.0, 1.0, 1.0, 0.1, 0.1, 0.1])
 
 OK, WARN, ERROR = DiagnosticStatus.OK, DiagnosticStatus.WARN, DiagnosticStatus.ERROR
+#: The ``status_code`` value of the diagnostics (machine-readable; the message says it in words):
+#: the node's state, or what happened to the last frame.
+STATUS_CODES = ("starting", "loading", "ready", "map_error", "no_map", "internal_error", "bad_image",
+                "no_camera_info", "bad_camera_info", "bad_input", "not_localized", "jump_rejected", "localized")
 
 
 @dataclass
@@ -123,6 +128,7 @@ class _Stats:
         self.last_inliers = 0
         self.last_rmse_px = float("nan")
         self.last_failure = ""
+        self.last_tracked = False
 
 
 class GsvislocNode(Node):
@@ -155,7 +161,7 @@ class GsvislocNode(Node):
         self._initialpose = None
         self._last_map_odom: tuple[np.ndarray, str] | None = None
         self._path = Path()
-        self._level, self._message = OK, "starting"
+        self._level, self._message, self._code = OK, "starting", "starting"
         self._map_state = "loading"
         self._map_info = ""
         self._tf_note = ""
@@ -192,7 +198,7 @@ class GsvislocNode(Node):
 
         self._worker = threading.Thread(target=self._work, name="gsvisloc-worker", daemon=True)
         self._worker.start()
-        self._set_status(OK, "loading map")
+        self._set_status(OK, "loading", "loading map")
         self._start_loading()
         self._publish_diagnostics()  # "loading" at once, before the map is there
 
@@ -260,7 +266,7 @@ class GsvislocNode(Node):
                 self.get_logger().warning("map_to_frame is ignored: the node was given a built Localizer")
         else:
             source = p.map_path if self._injected_map is None else "a map given to the node"
-            self._set_status(OK, f"loading map {source}")
+            self._set_status(OK, "loading", f"loading map {source}")
             try:
                 if self._injected_map is not None:
                     gmap = self._injected_map
@@ -281,7 +287,7 @@ class GsvislocNode(Node):
                         return
                     self._map_state, self._raw_localizer, self._localizer = "error", None, None
                 self._map_info = source
-                self._fail(ERROR, f"cannot load map {source}: {exc}", count=False)
+                self._fail(ERROR, "map_error", f"cannot load map {source}: {exc}", count=False)
                 self.get_logger().error(f"cannot load map {source}: {exc}")
                 return
         with self._wake:
@@ -294,7 +300,7 @@ class GsvislocNode(Node):
             self._tracker.reset()
             self._path.poses = []
             self._wake.notify_all()
-        self._set_status(OK, f"map ready: {self._map_info}, loaded in {time.monotonic() - start:.1f} s")
+        self._set_status(OK, "ready", f"map ready: {self._map_info}, loaded in {time.monotonic() - start:.1f} s")
         self.get_logger().info(f"map ready: {self._map_info}")
         self._publish_map_cloud(localizer.map, p)
         self._publish_diagnostics()
@@ -384,12 +390,12 @@ class GsvislocNode(Node):
             try:
                 if localizer is None:
                     self._stats.dropped_no_map += 1
-                    self._fail(ERROR, f"frame dropped: no map ({self._message})", count=False,
+                    self._fail(ERROR, "no_map", f"frame dropped: no map ({self._message})", count=False,
                                stamp=frame.msg.header.stamp)
                     continue
                 self._process(frame, localizer)
             except Exception as exc:  # noqa: BLE001 - never let one frame stop the worker
-                self._fail(ERROR, f"internal error on a frame: {type(exc).__name__}: {exc}",
+                self._fail(ERROR, "internal_error", f"internal error on a frame: {type(exc).__name__}: {exc}",
                            stamp=getattr(frame.msg.header, "stamp", None))
                 self.get_logger().error(f"internal error on a frame: {exc!r}")
 
@@ -399,20 +405,21 @@ class GsvislocNode(Node):
         try:
             image = message_to_rgb(msg)
         except ImageConversionError as exc:
-            return self._fail(ERROR, f"bad image: {exc}", stamp=stamp)
+            return self._fail(ERROR, "bad_image", f"bad image: {exc}", stamp=stamp)
         model = self._camera
         if model is None:
             topic = self.resolve_topic_name("camera_info")
-            return self._fail(WARN, f"no camera_info received yet on {topic}", stamp=stamp)
+            return self._fail(WARN, "no_camera_info", f"no camera_info received yet on {topic}", stamp=stamp)
         if isinstance(model, str):
-            return self._fail(ERROR, f"bad camera_info: {model}", stamp=stamp)
+            return self._fail(ERROR, "bad_camera_info", f"bad camera_info: {model}", stamp=stamp)
         h, w = image.shape[:2]
         if (w, h) != model.camera.size:
-            return self._fail(ERROR, f"bad input: the image is {w}x{h} but camera_info is for "
+            return self._fail(ERROR, "bad_input", f"bad input: the image is {w}x{h} but camera_info is for "
                                      f"{model.camera.width}x{model.camera.height}", stamp=stamp)
         camera_frame = p.camera_frame or msg.header.frame_id or model.frame_id
         if not camera_frame:
-            return self._fail(ERROR, "bad input: the image has no frame_id and camera_frame is not set", stamp=stamp)
+            return self._fail(ERROR, "bad_input", "bad input: the image has no frame_id and camera_frame is not set",
+                              stamp=stamp)
         image = model.undistort(image)
         prior, prior_note = self._take_prior(camera_frame, p)
         T_odom_camera = self._lookup(p.odom_frame, camera_frame, stamp) if p.odom_frame else None
@@ -422,21 +429,24 @@ class GsvislocNode(Node):
                                          camera_frame, T_odom_camera, prior, prior_note)
         result, prior_note = tracked.result, tracked.prior_note
         self._stats.localized += 1
+        self._stats.last_tracked = tracked.from_track
         self._stats.last_localize_ms = 1000.0 * (time.monotonic() - start)
         self._stats.last_inliers = int(result.num_inliers)
         self._stats.last_rmse_px = float(result.reprojection_rmse_px)
         if not result.success:
             self._stats.not_localized += 1
-            return self._fail(WARN, f"not localized: {result.failure_reason}{prior_note}", stamp=stamp, count=False)
+            return self._fail(WARN, "not_localized", f"not localized: {result.failure_reason}{prior_note}", stamp=stamp,
+                              count=False)
         if not tracked.trusted:
             self._stats.jumps_rejected += 1
-            return self._fail(WARN, tracked.note, stamp=stamp, count=False)
+            return self._fail(WARN, "jump_rejected", tracked.note, stamp=stamp, count=False)
         T_map_camera = np.asarray(result.T_world_camera, dtype=float)
         self._publish_fix(T_map_camera, result, camera_frame, stamp, model, p, localizer)
         self._stats.accepted += 1
         self._stats.last_latency_ms = 1000.0 * (time.monotonic() - frame.received)
         note = tracked.note
-        self._set_status(OK, f"localized: {result.num_inliers} inliers, rmse {result.reprojection_rmse_px:.2f} px"
+        self._set_status(OK, "localized",
+                         f"localized: {result.num_inliers} inliers, rmse {result.reprojection_rmse_px:.2f} px"
                          + (f"; {note}" if note else "") + prior_note + (f"; {self._tf_note}" if self._tf_note else ""))
         self._publish_diagnostics(stamp)
 
@@ -550,14 +560,15 @@ class GsvislocNode(Node):
 
     # ================================================================= diagnostics
 
-    def _set_status(self, level, message: str) -> None:
-        self._level, self._message = level, message
+    def _set_status(self, level, code: str, message: str) -> None:
+        """The current status: its level, its :data:`STATUS_CODES` entry and the sentence for people."""
+        self._level, self._code, self._message = level, code, message
 
-    def _fail(self, level, reason: str, stamp=None, count: bool = True) -> None:
+    def _fail(self, level, code: str, reason: str, stamp=None, count: bool = True) -> None:
         if count:
             self._stats.bad_input += 1
         self._stats.last_failure = reason
-        self._set_status(level, reason)
+        self._set_status(level, code, reason)
         if stamp is not None:
             self._publish_diagnostics(stamp)
 
@@ -578,6 +589,7 @@ class GsvislocNode(Node):
                                   message=message, hardware_id=p.map_path or "gsvisloc")
         camera = self._camera
         values = {
+            "status_code": self._code,
             "state": self._map_state,
             "map": self._map_info,
             "mode": p.mode,
@@ -587,6 +599,7 @@ class GsvislocNode(Node):
             "last_latency_ms": f"{s.last_latency_ms:.1f}",
             "last_inliers": str(s.last_inliers),
             "last_rmse_px": f"{s.last_rmse_px:.3f}",
+            "last_tracked": str(s.last_tracked).lower(),
             "frames_received": str(s.received),
             "frames_localized": str(s.localized),
             "frames_accepted": str(s.accepted),

@@ -1,4 +1,6 @@
-"""TF for the node: ``tf2_ros`` when it imports, else this module's own classes behind the same interface.
+"""Stand-ins for ROS packages that are not installable everywhere: ``tf2_ros`` when it imports, else
+this module's own TF classes behind the same interface. (``cv_bridge`` needs none: images are
+decoded by :mod:`gsvisloc_ros.ros.messages`.)
 
 Public names (the ones the node uses): :data:`Buffer`, :data:`TransformListener`,
 :data:`TransformBroadcaster`, :data:`StaticTransformBroadcaster` and the exceptions
