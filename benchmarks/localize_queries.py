@@ -54,7 +54,7 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--scene-config", default="{}", metavar="JSON",
                         help='SceneConfig fields to change, e.g. \'{"close_aims": 4}\'')
     parser.add_argument("--localizer-config", default="{}", metavar="JSON",
-                        help='LocalizerConfig fields to change, e.g. \'{"wide_shortlist": 0}\'')
+                        help='LocalizerConfig fields to change, e.g. \'{"retrieval": {"wide_shortlist": 0}}\'')
     args = parser.parse_args(argv)
 
     spec = json.loads(Path(args.queries).read_text())
@@ -63,7 +63,8 @@ def main(argv: list[str] | None = None) -> int:
     start = time.perf_counter()
     scene = SceneConfig(**{k: tuple(v) if isinstance(v, list) else v
                            for k, v in json.loads(args.scene_config).items()})
-    localizer = Localizer.from_file(args.map, LocalizerConfig(scene=scene, **json.loads(args.localizer_config)))
+    config = LocalizerConfig.from_dict({"scene": scene, **json.loads(args.localizer_config)})
+    localizer = Localizer.from_file(args.map, config)
     print(f"map ready in {time.perf_counter() - start:.1f} s", file=sys.stderr)
 
     rng = np.random.default_rng(0)

@@ -80,9 +80,9 @@ def main() -> None:
     query = unit(rng.normal(size=(4096, 64)))
     for m in (20_000, 100_000):
         landmarks = unit(rng.normal(size=(m, 64)))
-        for cfg in (MatchingConfig(), MatchingConfig(ratio=0.9), MatchingConfig(method="dual_softmax")):
+        for cfg in (MatchingConfig(), MatchingConfig(ratio=0.9)):
             result = timed(lambda cfg=cfg, lm=landmarks: match_descriptors(query, lm, config=cfg), 3)
-            label = cfg.method + (f" ratio {cfg.ratio}" if cfg.ratio else "")
+            label = "mutual nearest" + (f", ratio {cfg.ratio}" if cfg.ratio else "")
             print(f"match {m // 1000}k landmarks x 4k query, {label}: {result}")
 
     camera = PinholeCamera(500.0, 500.0, 319.5, 239.5, 640, 480)

@@ -1,6 +1,6 @@
 """Stream images at a fixed rate through the gsvisloc node and report what happens to them.
 
-    .venv/bin/python benchmarks/node_stream.py                 # 30 Hz for 20 s (the issue's figure)
+    .venv/bin/python benchmarks/node_stream.py                 # 30 Hz for 20 s
     .venv/bin/python benchmarks/node_stream.py --rate 30 --duration 5 --json
 
 One process: the node and a peer that publishes renders of the synthetic tabletop (a short arc of
@@ -28,12 +28,10 @@ import tempfile
 import threading
 import time
 
-# DDS stays on this machine (set before rclpy is imported).
-os.environ["ROS_AUTOMATIC_DISCOVERY_RANGE"] = "LOCALHOST"
-os.environ["ROS_LOCALHOST_ONLY"] = "1"
+from gsvisloc_ros.ros import local_environment  # noqa: E402
+
+local_environment(force=True)  # DDS stays on this machine (before rclpy is imported)
 os.environ.setdefault("ROS_DOMAIN_ID", str(150 + os.getpid() % 80))
-if not os.environ.get("AMENT_PREFIX_PATH") and sys.prefix != sys.base_prefix:
-    os.environ["AMENT_PREFIX_PATH"] = sys.prefix
 
 
 def rss_mib() -> float:

@@ -12,6 +12,7 @@ Conventions (tested in test/test_camera.py):
 
 from __future__ import annotations
 
+import math
 from dataclasses import dataclass
 
 import numpy as np
@@ -189,13 +190,41 @@ def look_at(eye, target, up=(0.0, -1.0, 0.0)) -> np.ndarray:
 
 
 def rotation_error_deg(R_a: np.ndarray, R_b: np.ndarray) -> float:
-    """Angle of ``R_a R_b^T`` in degrees."""
-    R = np.asarray(R_a)[:3, :3] @ np.asarray(R_b)[:3, :3].T
-    cos = np.clip((np.trace(R) - 1.0) / 2.0, -1.0, 1.0)
-    return float(np.degrees(np.arccos(cos)))
+    """Angle of ``R_a R_b^T`` in degrees, in [0, 180] (rotations or poses: their top-left 3x3).
+
+    Computed with ``atan2`` of the skew and symmetric parts, so that it stays accurate for tiny
+    angles (where ``arccos`` of the trace loses half the digits).
+    """
+    R = np.asarray(R_a, dtype=np.float64)[:3, :3] @ np.asarray(R_b, dtype=np.float64)[:3, :3].T
+    sin = 0.5 * float(np.sqrt((R[2, 1] - R[1, 2]) ** 2 + (R[0, 2] - R[2, 0]) ** 2 + (R[1, 0] - R[0, 1]) ** 2))
+    cos = 0.5 * (float(np.trace(R)) - 1.0)
+    return float(np.degrees(np.arctan2(sin, cos)))
+
+
+def default_camera(width: int = 640, height: int = 480) -> PinholeCamera:
+    """The package's default pinhole camera: 525 px focal length per 640 px of width (63 degrees
+    horizontal field of view), principal point at the image centre. Synthetic bags, generated
+    query sets and benchmarks use it."""
+    f = 525.0 * width / 640.0
+    return PinholeCamera(f, f, (width - 1) / 2.0, (height - 1) / 2.0, width, height)
 
 
 def pose_errors(T_est: np.ndarray, T_gt: np.ndarray) -> tuple[float, float]:
     """(translation error of camera centres, rotation error in degrees) of two T_world_camera."""
     T_est, T_gt = np.asarray(T_est), np.asarray(T_gt)
     return float(np.linalg.norm(T_est[:3, 3] - T_gt[:3, 3])), rotation_error_deg(T_est, T_gt)
+
+
+def _rot(axis: int, degrees: float) -> np.ndarray:
+    c, s = math.cos(math.radians(degrees)), math.sin(math.radians(degrees))
+    i, j = [(1, 2), (2, 0), (0, 1)][axis]
+    R = np.eye(3)
+    R[i, i], R[i, j], R[j, i], R[j, j] = c, -s, s, c
+    return R
+
+
+def turned(T: np.ndarray, roll_deg: float, yaw_deg: float = 0.0, pitch_deg: float = 0.0) -> np.ndarray:
+    """``T`` (T_world_camera) turned in its own frame: yaw about y, pitch about x, then roll about the optical axis."""
+    T = T.copy()
+    T[:3, :3] = T[:3, :3] @ _rot(1, yaw_deg) @ _rot(0, pitch_deg) @ _rot(2, roll_deg)
+    return T

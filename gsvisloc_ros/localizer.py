@@ -20,11 +20,14 @@ Stages (timed one by one in :attr:`LocalizationResult.timings_ms`):
 
 from __future__ import annotations
 
+import copy
+import dataclasses
 import json
 import logging
 import threading
 import time
 from dataclasses import dataclass, field
+from enum import Enum
 from pathlib import Path
 
 import cv2
@@ -36,54 +39,128 @@ from gsvisloc_ros.fine_matching import FineMatchingConfig, refine_matches
 from gsvisloc_ros.gaussians import GaussianMap
 from gsvisloc_ros.matching import MatchingConfig, match_descriptors
 from gsvisloc_ros.pose import PnPConfig, PoseAcceptance, PoseEstimate, PoseGeometry, estimate_pose
-from gsvisloc_ros.render import render
+from gsvisloc_ros.render import backend_for_device, render
 from gsvisloc_ros.retrieval import InvertedFile
 from gsvisloc_ros.scene import EncodedScene, SceneConfig, lift_keypoints, load_or_encode, rotate_keypoints_back
 
 log = logging.getLogger(__name__)
 
 
-@dataclass
-class LocalizerConfig:
-    """Every setting of the pipeline, one small config per stage.
+class _Named(str, Enum):
+    """An enum whose members are their string values (in comparisons, JSON and formatting)."""
+
+    def __str__(self) -> str:
+        return self.value
+
+    __format__ = str.__format__
+
+
+class Search(_Named):
+    """The coarse searches of :meth:`Localizer._coarse`, cheapest first."""
+
+    PRIOR = "prior"  # the virtual images nearest to the prior pose
+    GLOBAL = "global"  # the (virtual image, query turn) pairs with the most votes
+    WIDE = "wide"  # the pairs ranked after those, down to ``wide_shortlist``
+
+
+class CoarseSource(_Named):
+    """Where the pose of a :class:`LocalizationResult` started from (compares equal to its value)."""
+
+    NONE = ""  # no coarse pose was reached
+    PRIOR = "prior"  # refined from the prior directly (tracking)
+    PRIOR_VIEWS = "prior views"  # the virtual images nearest to the prior
+    VIEWS = "views"  # the best-voted virtual images
+    LANDMARKS = "landmarks"  # all landmarks (when retrieval gave too few inliers)
+
+
+@dataclass(frozen=True)
+class RetrievalConfig:
+    """Which virtual images the query is matched with, and how many at a time.
 
     Attributes:
-        encoder: 2D encoder name (``"xfeat"`` or ``"sift"``).
-        device: torch device (``"auto"``: CUDA when present).
-        query_keypoints: keypoints extracted from the query.
-        retrieval_shortlist: (virtual image, query turn) pairs with the most nearest-neighbour votes
-            whose matches are solved by PnP; the inlier counts rank them.
+        shortlist: (virtual image, query turn) pairs with the most nearest-neighbour votes whose
+            matches are solved by PnP; the inlier counts rank them.
         vote_similarity: cosine similarity a query descriptor's nearest stored descriptor needs to vote.
         vote_keypoints: query keypoints (highest detector score first, per turn) that vote.
-        retrieval_views: pairs matched and solved at a time (with a prior: the virtual images nearest
-            to it, all of them).
+        views: pairs matched and solved at a time (with a prior: the virtual images nearest to it,
+            all of them).
         confident_inliers: a coarse pose with this many inliers ends the search through the shortlist
             (correct coarse poses of ordinary views have 100+; wrong ones on plant close-ups up to ~50).
         wide_shortlist: when the first retrieval gives no accepted pose, the pairs ranked after the
             first shortlist, down to this rank, are solved too (0: no wide search; costs every image
             that ends without a pose, images of something else included).
+    """
+
+    shortlist: int = 32
+    vote_similarity: float = 0.7
+    vote_keypoints: int = 512
+    views: int = 4
+    confident_inliers: int = 80
+    wide_shortlist: int = 0
+
+    def __post_init__(self) -> None:
+        if self.vote_keypoints < 16:
+            raise ValueError(f"vote_keypoints must be >= 16, got {self.vote_keypoints}")
+        if self.wide_shortlist < 0 or self.shortlist < 1 or self.views < 1:
+            raise ValueError("retrieval shortlist and views must be >= 1 and wide_shortlist >= 0, got "
+                             f"{self.shortlist}, {self.views}, {self.wide_shortlist}")
+
+
+@dataclass(frozen=True)
+class RefinementConfig:
+    """The render-and-match rounds that refine a coarse pose (:meth:`Localizer._refine`).
+
+    Attributes:
+        iterations: maximum rounds (they stop earlier when the pose stops moving or a round gains
+            no inliers); 0 returns the coarse pose unrefined (judged by the same acceptance
+            thresholds, so loosen ``max_rmse_px`` to use it).
+        converged: (fraction of the typical viewing distance, degrees): a round whose result is
+            this close to the pose it rendered from is the last. Fine matching measures the query
+            against the render without the render's pose bias, so a render this close gives the
+            same answer as one more round (measured: from a render 2 deg off, one round leaves
+            ~0.04 deg; the next round moves the pose by about that much).
+        first_scale: image scale of the first round (1: full resolution); the rounds after it run
+            at full resolution. Halving the first round saves ~3/4 of its cost.
+        max_shift: matches to the render that moved more than this fraction of the image diagonal
+            are dropped (the render is taken at a nearby pose).
+        fine_matching: sub-pixel re-measurement of the matches to the render (``None``: keypoint
+            positions as detected, which biases the refinement towards the rendered pose).
+        pnp: PnP settings on matches to renders at the estimate (exact depth).
+    """
+
+    iterations: int = 6
+    converged: tuple[float, float] = (0.005, 0.5)
+    first_scale: float = 0.5
+    max_shift: float = 0.1
+    fine_matching: FineMatchingConfig | None = field(default_factory=FineMatchingConfig)
+    pnp: PnPConfig = field(default_factory=lambda: PnPConfig(max_reproj_error=2.0))
+
+    def __post_init__(self) -> None:
+        if self.iterations < 0:
+            raise ValueError(f"refinement iterations must be >= 0, got {self.iterations}")
+        if not 0.2 <= self.first_scale <= 1:
+            raise ValueError(f"refinement first_scale must be in [0.2, 1], got {self.first_scale}")
+        if not 0 < self.max_shift <= 1:
+            raise ValueError(f"refinement max_shift must be in (0, 1], got {self.max_shift}")
+
+
+@dataclass(frozen=True)
+class LocalizerConfig:
+    """Every setting of the pipeline, one small config per stage.
+
+    Attributes:
+        encoder: 2D encoder name (``"xfeat"`` or ``"sift"``).
+        device: torch device (``"auto"``: CUDA when present), for the encoder, matching and rendering.
+        query_keypoints: keypoints extracted from the query.
+        retrieval: which virtual images are matched (:class:`RetrievalConfig`).
         view_matching: matcher settings for query vs virtual views and vs renders.
         landmark_matching: matcher settings for the global fallback against all landmarks.
         coarse_pnp: PnP settings on matches to stored views (landmark positions are approximate).
-        refine_pnp: PnP settings on matches to renders at the estimate (exact depth).
-        refine_iterations: maximum render-and-match rounds (they stop earlier when the pose stops
-            moving or a round gains no inliers); 0 returns the coarse pose unrefined
-            (judged by the same acceptance thresholds, so loosen ``max_rmse_px`` to use it).
-        refine_converged: (fraction of the typical viewing distance, degrees): a round whose result
-            is this close to the pose it rendered from is the last. Fine matching measures the
-            query against the render without the render's pose bias, so a render this close gives
-            the same answer as one more round (measured: from a render 2 deg off, one round leaves
-            ~0.04 deg; the next round moves the pose by about that much).
-        refine_first_scale: image scale of the first refinement round (1: full resolution); the
-            rounds after it run at full resolution. Halving the first round saves ~3/4 of its cost.
-        refine_max_shift: matches to the render that moved more than this fraction of the image
-            diagonal are dropped (the render is taken at a nearby pose).
-        fine_matching: sub-pixel re-measurement of the matches to the render (``None``: keypoint
-            positions as detected, which biases the refinement towards the rendered pose).
         min_coarse_inliers: a coarse pose with fewer inliers is not refined.
         max_refinements: coarse hypotheses (distinct poses, most inliers first) refined per attempt.
         retry_rotated: when no pose is accepted, try again with the query turned by 45 degrees
             (quarter turns are 90 degrees apart; not with a rotation-invariant encoder).
+        refinement: the render-and-match rounds (:class:`RefinementConfig`).
         acceptance: thresholds a pose must pass to be returned as a success.
         scene: how the map is encoded.
         cache_dir: where encoded scenes are cached (``None``: the default cache directory).
@@ -92,25 +169,15 @@ class LocalizerConfig:
     encoder: str = "xfeat"
     device: str = "auto"
     query_keypoints: int = 2048
-    retrieval_shortlist: int = 32
-    vote_similarity: float = 0.7
-    vote_keypoints: int = 512
-    retrieval_views: int = 4
-    confident_inliers: int = 80
-    wide_shortlist: int = 0
+    retrieval: RetrievalConfig = field(default_factory=RetrievalConfig)
     view_matching: MatchingConfig = field(default_factory=lambda: MatchingConfig(min_similarity=0.6))
     landmark_matching: MatchingConfig = field(default_factory=lambda: MatchingConfig(min_similarity=0.75))
     coarse_pnp: PnPConfig = field(default_factory=lambda: PnPConfig(max_reproj_error=8.0, max_iterations=1000,
                                                                      compute_covariance=False))
-    refine_pnp: PnPConfig = field(default_factory=lambda: PnPConfig(max_reproj_error=2.0))
-    refine_iterations: int = 6
-    refine_converged: tuple[float, float] = (0.005, 0.5)
-    refine_first_scale: float = 0.5
-    refine_max_shift: float = 0.1
-    fine_matching: FineMatchingConfig | None = field(default_factory=FineMatchingConfig)
     min_coarse_inliers: int = 12
     max_refinements: int = 2
     retry_rotated: bool = True
+    refinement: RefinementConfig = field(default_factory=RefinementConfig)
     acceptance: PoseAcceptance = field(default_factory=lambda: PoseAcceptance(min_inliers=40, min_inlier_ratio=0.5,
                                                                               max_rmse_px=2.0))
     scene: SceneConfig = field(default_factory=SceneConfig)
@@ -119,16 +186,17 @@ class LocalizerConfig:
     def __post_init__(self) -> None:
         if self.query_keypoints < 16:
             raise ValueError(f"query_keypoints must be >= 16, got {self.query_keypoints}")
-        if self.vote_keypoints < 16:
-            raise ValueError(f"vote_keypoints must be >= 16, got {self.vote_keypoints}")
-        if self.wide_shortlist < 0 or self.retrieval_shortlist < 1:
-            raise ValueError("retrieval_shortlist must be >= 1 and wide_shortlist >= 0")
-        if self.retrieval_views < 1 or self.refine_iterations < 0:
-            raise ValueError("retrieval_views must be >= 1 and refine_iterations >= 0")
-        if not 0.2 <= self.refine_first_scale <= 1:
-            raise ValueError(f"refine_first_scale must be in [0.2, 1], got {self.refine_first_scale}")
-        if not 0 < self.refine_max_shift <= 1:
-            raise ValueError(f"refine_max_shift must be in (0, 1], got {self.refine_max_shift}")
+
+    @classmethod
+    def from_dict(cls, values: dict) -> LocalizerConfig:
+        """A config from (JSON) values: ``retrieval``, ``refinement`` and ``scene`` as dicts of their
+        own fields; unknown names raise ValueError."""
+        nested = {"retrieval": RetrievalConfig, "refinement": RefinementConfig, "scene": SceneConfig}
+        known = {f.name for f in dataclasses.fields(cls)}
+        unknown = sorted(set(values) - known)
+        if unknown:
+            raise ValueError(f"unknown LocalizerConfig settings: {', '.join(unknown)}")
+        return cls(**{k: nested[k](**v) if k in nested and isinstance(v, dict) else v for k, v in values.items()})
 
 
 @dataclass
@@ -143,10 +211,12 @@ class LocalizationResult:
     reprojection_rmse_px: float = float("inf")
     failure_reason: str = ""
     timings_ms: dict = field(default_factory=dict)
-    coarse_source: str = ""  # "prior" (refined from it directly), "prior views", "views" or "landmarks"
+    coarse_source: CoarseSource = CoarseSource.NONE
     geometry: PoseGeometry | None = None  # how firmly the inliers of the last estimate pin its pose down
     #: The last estimate when the acceptance refused it: for evaluation and debugging, never to act on.
     rejected_T_world_camera: np.ndarray | None = None
+    #: The geometry tests refused the pose (among other tests, maybe): its inliers did not pin it down.
+    weak_geometry: bool = False
 
     def to_dict(self) -> dict:
         """JSON-ready dict with the keys of ``gsvisloc localize --json``."""
@@ -163,6 +233,7 @@ class LocalizationResult:
             "failure_reason": self.failure_reason or None,
             "timings_ms": {k: round(v, 1) for k, v in self.timings_ms.items()},
             "geometry": None if self.geometry is None else self.geometry.to_dict(),
+            "weak_geometry": self.weak_geometry,
         }
 
     def to_json(self) -> str:
@@ -186,10 +257,11 @@ class Localizer:
     def __init__(self, gmap: GaussianMap, config: LocalizerConfig | None = None, progress: bool = True) -> None:
         self.config = config or LocalizerConfig()
         self.map = gmap
+        self.backend = backend_for_device(self.config.device)  # renders run where the device says
         self.encoder = make_encoder(self.config.encoder, self.config.device, top_k=self.config.query_keypoints)
         self.scene: EncodedScene = load_or_encode(
             gmap, self.encoder, self.config.scene,
-            Path(self.config.cache_dir) if self.config.cache_dir else None, progress=progress,
+            Path(self.config.cache_dir) if self.config.cache_dir else None, progress=progress, backend=self.backend,
         )
         self._inverted = InvertedFile(self.scene.obs_descriptors, self.scene.image_start, self.scene.vocabulary,
                                       self.scene.obs_words)
@@ -200,6 +272,28 @@ class Localizer:
         from gsvisloc_ros.io import load_map
 
         return cls(load_map(path), config, progress)
+
+    #: Settings a :meth:`variant` cannot change: they decide the encoder and the encoded scene.
+    ENCODING_SETTINGS = ("encoder", "device", "query_keypoints", "scene")
+
+    def variant(self, **changes) -> Localizer:
+        """A localizer with some settings changed that shares this one's map, encoder and encoded
+        scene (nothing is encoded again; the two take turns, as they share the encoder).
+
+        ``changes``: :class:`LocalizerConfig` fields, except :attr:`ENCODING_SETTINGS` (build a
+        new Localizer for those). Raises ValueError on an unknown field, a bad value or an
+        encoding setting; this localizer is never modified.
+        """
+        unknown = sorted(set(changes) - {f.name for f in dataclasses.fields(self.config)})
+        if unknown:
+            raise ValueError(f"unknown LocalizerConfig settings: {', '.join(unknown)}")
+        fixed = sorted(set(changes) & set(self.ENCODING_SETTINGS))
+        if fixed:
+            raise ValueError(f"{', '.join(fixed)} change the encoding: build a new Localizer for them")
+        config = dataclasses.replace(self.config, **changes)
+        other = copy.copy(self)
+        other.config = config
+        return other
 
     # ------------------------------------------------------------------ public API
 
@@ -243,31 +337,32 @@ class Localizer:
             return LocalizationResult(False, failure_reason=f"too few keypoints in the image: {len(query)}",
                                       timings_ms=timer.ms)
 
-        estimate, reason, source, ok = None, "no coarse pose: too few consistent matches", "", False
+        estimate, reason, source, ok = None, "no coarse pose: too few consistent matches", CoarseSource.NONE, False
         refined: list[np.ndarray] = []
         levels = {1.0: (image, query, camera)}  # the query at each refinement scale, made once per image
-        if prior is not None and cfg.refine_iterations:
+        if prior is not None and cfg.refinement.iterations:
             # Tracking: a good prior needs no coarse stage, the render at the prior is close enough.
             refined.append(np.asarray(prior, dtype=float))
             estimate = self._refine(levels, refined[0])
             timer.lap("refinement")
             ok, reason = cfg.acceptance.check(estimate)
             if ok:
-                return self._result(estimate, ok, reason, timer, "prior")
+                return self._result(estimate, ok, reason, timer, CoarseSource.PRIOR)
         # Coarse searches, cheapest first: around the prior, then global, then global among more
         # virtual images, then global with the query turned by 45 degrees (with the quarter turns,
         # every roll is then within 22.5 degrees of one). A wrong prior costs time, never the pose.
         turned = self._turned_features(image, 0.0, query)
         timer.lap("features")
-        searches = [("prior", 0.0)] if prior is not None else []
-        searches += [("global", 0.0)] + ([("wide", 0.0)] if cfg.wide_shortlist > cfg.retrieval_shortlist else [])
-        searches += [("global", 45.0)] if cfg.retry_rotated and not self.encoder.rotation_invariant else []
+        searches = [(Search.PRIOR, 0.0)] if prior is not None else []
+        searches += [(Search.GLOBAL, 0.0)]
+        searches += [(Search.WIDE, 0.0)] if cfg.retrieval.wide_shortlist > cfg.retrieval.shortlist else []
+        searches += [(Search.GLOBAL, 45.0)] if cfg.retry_rotated and not self.encoder.rotation_invariant else []
         for kind, degrees in searches:
             if degrees:
                 turned = self._turned_features(image, degrees)
                 timer.lap("features")
             hypotheses, source = self._coarse(turned, camera, kind, prior, timer,
-                                              landmarks=kind == "global" and not degrees)
+                                              landmarks=kind == Search.GLOBAL and not degrees)
             budget = len(refined) + cfg.max_refinements
             for coarse in hypotheses:
                 if len(refined) == budget:
@@ -275,7 +370,7 @@ class Localizer:
                 if any(self._same_pose(coarse.T_world_camera, T) for T in refined):
                     continue
                 refined.append(coarse.T_world_camera)
-                candidate = self._refine(levels, coarse.T_world_camera) if cfg.refine_iterations \
+                candidate = self._refine(levels, coarse.T_world_camera) if cfg.refinement.iterations \
                     else coarse
                 timer.lap("refinement")
                 ok, why = cfg.acceptance.check(candidate)
@@ -290,8 +385,8 @@ class Localizer:
             return LocalizationResult(False, failure_reason=reason, timings_ms=timer.ms, coarse_source=source)
         return self._result(estimate, ok, reason, timer, source)
 
-    @staticmethod
-    def _result(estimate: PoseEstimate, ok: bool, reason: str, timer: _Timer, source: str) -> LocalizationResult:
+    def _result(self, estimate: PoseEstimate, ok: bool, reason: str, timer: _Timer,
+                source: CoarseSource) -> LocalizationResult:
         timer.lap("decision")
         log.debug("localized: %s (%s), %d/%d inliers", ok, reason, estimate.num_inliers, estimate.num_matches)
         return LocalizationResult(
@@ -299,44 +394,44 @@ class Localizer:
             estimate.num_matches, estimate.num_inliers, estimate.rmse_px,
             "" if ok else f"rejected: {reason}", timer.ms, source, estimate.geometry,
             None if ok else estimate.T_world_camera,
+            not ok and self.config.acceptance.weak_geometry(estimate),
         )
 
-    def _coarse(self, turned: list[Features], camera, kind: str, prior, timer: _Timer,
-                landmarks: bool) -> tuple[list[PoseEstimate], str]:
+    def _coarse(self, turned: list[Features], camera, kind: Search, prior, timer: _Timer,
+                landmarks: bool) -> tuple[list[PoseEstimate], CoarseSource]:
         """Coarse pose hypotheses (most inliers first) and where they came from.
 
         ``turned``: the query's features at each quarter turn (:meth:`_turned_features`); a
         candidate is a virtual image and the turn of the query it is matched with.
-        ``kind``: ``"prior"`` (the virtual images nearest to ``prior``), ``"global"`` (the pairs with
-        the most votes) or ``"wide"`` (the pairs ranked after those). Pairs are matched and solved
-        ``retrieval_views`` at a time, best-voted first, until a pose has ``confident_inliers``.
+        ``kind``: :class:`Search`. Pairs are matched and solved ``retrieval.views`` at a time,
+        best-voted first, until a pose has ``retrieval.confident_inliers``.
         """
-        cfg = self.config
-        if kind == "prior":
-            images, turns = self._nearest_images(prior, cfg.retrieval_views)
-            source = "prior views"
+        cfg, r = self.config, self.config.retrieval
+        if kind == Search.PRIOR:
+            images, turns = self._nearest_images(prior, r.views)
+            source = CoarseSource.PRIOR_VIEWS
         else:
-            images, turns = self._retrieve(turned, cfg.retrieval_shortlist if kind == "global" else cfg.wide_shortlist)
-            if kind == "wide":
-                images, turns = images[cfg.retrieval_shortlist:], turns[cfg.retrieval_shortlist:]
-            source = "views"
+            images, turns = self._retrieve(turned, r.shortlist if kind == Search.GLOBAL else r.wide_shortlist)
+            if kind == Search.WIDE:
+                images, turns = images[r.shortlist:], turns[r.shortlist:]
+            source = CoarseSource.VIEWS
         timer.lap("retrieval")
         hypotheses: list[PoseEstimate] = []
-        for start in range(0, len(images), cfg.retrieval_views):
-            chunk = slice(start, start + cfg.retrieval_views)
+        for start in range(0, len(images), r.views):
+            chunk = slice(start, start + r.views)
             hypotheses += self._coarse_from_images(turned, camera, images[chunk], turns[chunk], timer)
-            if max((h.num_inliers for h in hypotheses), default=0) >= cfg.confident_inliers:
+            if max((h.num_inliers for h in hypotheses), default=0) >= r.confident_inliers:
                 break
         hypotheses.sort(key=lambda h: -h.num_inliers)
         if landmarks and (not hypotheses or hypotheses[0].num_inliers < cfg.min_coarse_inliers):
             hypotheses = [self._coarse_from_landmarks(turned, camera, timer)] + hypotheses
-            source = "landmarks"
+            source = CoarseSource.LANDMARKS
         return [h for h in hypotheses if h.success and h.num_inliers >= cfg.min_coarse_inliers], source
 
     def _retrieve(self, turned: list[Features], depth: int) -> tuple[np.ndarray, np.ndarray]:
         """The ``depth`` (virtual image, query turn) pairs with the most nearest-neighbour votes
         (:class:`~gsvisloc_ros.retrieval.InvertedFile`) from the query's strongest keypoints, best first."""
-        cfg = self.config
+        cfg = self.config.retrieval
         strongest = [f.descriptors[np.argsort(-f.scores, kind="stable")[: cfg.vote_keypoints]] for f in turned]
         votes = self._inverted.votes(strongest, cfg.vote_similarity).ravel()  # [image * turns + turn]
         best = np.argsort(-votes, kind="stable")[: min(depth, len(votes))]
@@ -410,7 +505,7 @@ class Localizer:
             rows = self.scene.image_observations(int(i))
             query = turned[int(turn)]
             matches = match_descriptors(query.descriptors, self.scene.obs_descriptors[rows].astype(np.float32),
-                                        None, self.config.view_matching)
+                                        self.config.view_matching)
             matched.append((query.keypoints[matches.query_idx], self.scene.obs_points[rows][matches.landmark_idx]))
         timer.lap("matching")
         hypotheses = [estimate_pose(p3, p2, camera, self.config.coarse_pnp) for p2, p3 in matched]
@@ -421,7 +516,7 @@ class Localizer:
         """PnP on matches between the query (every turn of it) and every landmark (slower; when retrieval fails)."""
         descriptors = np.concatenate([f.descriptors for f in turned])
         keypoints = np.concatenate([f.keypoints for f in turned])
-        matches = match_descriptors(descriptors, self.scene.descriptors, None, self.config.landmark_matching)
+        matches = match_descriptors(descriptors, self.scene.descriptors, self.config.landmark_matching)
         timer.lap("matching")
         estimate = estimate_pose(self.scene.points[matches.landmark_idx], keypoints[matches.query_idx],
                                  camera, self.config.coarse_pnp)
@@ -433,7 +528,7 @@ class Localizer:
 
         Each round renders the map at the current estimate, matches the query against the render,
         lifts the render's keypoints with its depth and solves PnP. The first round runs at
-        ``refine_first_scale`` (cheap; it only has to bring the estimate close), the others at
+        ``refinement.first_scale`` (cheap; it only has to bring the estimate close), the others at
         full resolution. Rounds go on while they gain inliers and the pose still moves: a coarse
         pose 10-15 degrees off gains a few inliers per round before it snaps in (measured on a
         plant view: 32, 41, ... 237 inliers). The depth of a render is exact only near the pose it
@@ -443,10 +538,10 @@ class Localizer:
         ``levels`` maps an image scale to (image, its features, its camera); it holds scale 1 and
         gains the reduced query the first time it is needed, for the other hypotheses of the image.
         """
-        cfg = self.config
-        scales = [1.0] * cfg.refine_iterations
-        if cfg.refine_iterations > 1 and cfg.refine_first_scale < 1.0:
-            scales[0] = cfg.refine_first_scale
+        cfg = self.config.refinement
+        scales = [1.0] * cfg.iterations
+        if cfg.iterations > 1 and cfg.first_scale < 1.0:
+            scales[0] = cfg.first_scale
         image, _, camera = levels[1.0]
         previous: PoseEstimate | None = None
         T = T_world_camera
@@ -459,7 +554,7 @@ class Localizer:
             if scale < 1.0:
                 # A reduced round only moves the start of the full-resolution rounds, and only
                 # when it found a pose of its own.
-                if estimate.success and estimate.num_inliers >= cfg.min_coarse_inliers:
+                if estimate.success and estimate.num_inliers >= self.config.min_coarse_inliers:
                     T = estimate.T_world_camera
                 continue
             if not estimate.success or (previous is not None and estimate.num_inliers < 0.5 * previous.num_inliers):
@@ -468,24 +563,26 @@ class Localizer:
             previous = estimate
             moved, turned = pose_errors(estimate.T_world_camera, T)
             T = estimate.T_world_camera
-            if not gained or (moved < cfg.refine_converged[0] * self.scene.geometry.typical_distance
-                              and turned < cfg.refine_converged[1]):
+            if not gained or (moved < cfg.converged[0] * self.scene.geometry.typical_distance
+                              and turned < cfg.converged[1]):
                 break
         return previous
 
     def _refine_round(self, image, query, camera: PinholeCamera, T: np.ndarray) -> PoseEstimate:
         """One render-and-match round at ``T``: the pose of ``image`` from matches to the render."""
-        cfg = self.config
-        rendered = render(self.map, camera, invert_pose(T), near=0.01 * self.scene.geometry.radius)
+        cfg, refine = self.config, self.config.refinement
+        rendered = render(self.map, camera, invert_pose(T), near=0.01 * self.scene.geometry.radius,
+                          backend=self.backend)
         features = self.encoder.extract(rendered.rgb_u8)
-        matches = match_descriptors(query.descriptors, features.descriptors, None, cfg.view_matching)
+        matches = match_descriptors(query.descriptors, features.descriptors, cfg.view_matching)
         uv_query = query.keypoints[matches.query_idx]
         uv_render = features.keypoints[matches.landmark_idx]
-        close = np.linalg.norm(uv_query - uv_render, axis=1) < cfg.refine_max_shift * float(np.hypot(*camera.size))
+        close = np.linalg.norm(uv_query - uv_render, axis=1) < refine.max_shift * float(np.hypot(*camera.size))
         uv_render, uv_query = uv_render[close], uv_query[close]
-        if cfg.fine_matching is not None:
-            uv_render, uv_query, fine = refine_matches(rendered.rgb_u8, uv_render, image, uv_query, cfg.fine_matching)
+        if refine.fine_matching is not None:
+            uv_render, uv_query, fine = refine_matches(rendered.rgb_u8, uv_render, image, uv_query,
+                                                       refine.fine_matching)
             uv_render, uv_query = uv_render[fine], uv_query[fine]
         points, keep = lift_keypoints(uv_render, rendered.depth, rendered.alpha, camera, T,
                                       cfg.scene.min_alpha, cfg.scene.max_depth_step)
-        return estimate_pose(points, uv_query[keep], camera, cfg.refine_pnp, T_world_camera_init=T)
+        return estimate_pose(points, uv_query[keep], camera, refine.pnp, T_world_camera_init=T)

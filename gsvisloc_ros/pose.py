@@ -38,7 +38,7 @@ from .camera import PinholeCamera, invert_pose, make_pose
 BACKENDS = ("auto", "poselib", "opencv")
 
 
-@dataclass
+@dataclass(frozen=True)
 class PnPConfig:
     """Settings of :func:`estimate_pose`.
 
@@ -445,6 +445,10 @@ class PoseAcceptance:
             reasons.append(f"reprojection RMSE too high: {estimate.rmse_px:.2f} px > {self.max_rmse_px:.2f} px")
         reasons += self._geometry_reasons(estimate.geometry)
         return (not reasons), ("; ".join(reasons) if reasons else "ok")
+
+    def weak_geometry(self, estimate: PoseEstimate) -> bool:
+        """Whether the geometry tests refuse ``estimate`` (a pose that was found)."""
+        return estimate.success and bool(self._geometry_reasons(estimate.geometry))
 
     def _geometry_reasons(self, g: PoseGeometry | None) -> list[str]:
         tests = (self.min_coverage, self.max_position_uncertainty, self.max_rotation_uncertainty_deg)

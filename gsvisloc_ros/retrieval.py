@@ -47,10 +47,10 @@ class InvertedFile:
 
     Each query descriptor looks for its nearest stored descriptor among those of its own visual
     word and votes for the image that descriptor came from. Unlike a global descriptor of the whole
-    image (VLAD, used here before), a vote counts only close agreements of single keypoints, so an
-    image that shares a small part of the query (a close-up) can still rank near the top. Measured
-    on six plant close-ups that failed before: the virtual image with the most correct matches
-    ranked 220th-1900th by VLAD, 8th-80th by votes (one in six not found by either).
+    image (e.g. VLAD), a vote counts only close agreements of single keypoints, so an image that
+    shares a small part of the query (a close-up) can still rank near the top. Measured on six
+    plant close-ups: the virtual image with the most correct matches ranked 220th-1900th by VLAD,
+    8th-80th by votes (one in six found by neither).
     """
 
     def __init__(self, descriptors: np.ndarray, image_start: np.ndarray, vocabulary: np.ndarray,

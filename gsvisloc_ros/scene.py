@@ -39,7 +39,7 @@ from gsvisloc_ros.retrieval import nearest_words, train_vocabulary
 log = logging.getLogger(__name__)
 
 #: Bump when the encoding changes in a way that invalidates caches.
-ENCODING_VERSION = 3
+ENCODING_VERSION = 4
 LAYOUTS = ("auto", "object", "inside_out")
 
 
@@ -57,7 +57,7 @@ class SceneConfig:
             ways off the centre, evenly around its axis (close-ups rarely look at the centre of the
             object, and XFeat matches a close-up only from within ~20 degrees of its viewpoint).
             Measured on the two shared captures (640x480 close-up queries, own generator, 20 per
-            map, with the earlier 60-direction, 4-roll encoding and VLAD retrieval): 0 -> 10/20 and
+            map; 60 directions, 4 rolls, retrieval by a global image descriptor): 0 -> 10/20 and
             15/20 localized, 3 -> 14/20 and 17/20; encoding 2.3x longer. With 120 directions and
             vote retrieval (the defaults): 19/20 and 19/20.
         aim_tilt_deg: how far off the centre those views look (about the virtual camera's half field
@@ -132,15 +132,15 @@ class SceneGeometry:
                    str(d["layout"]), float(d["typical_distance"]))
 
 
-ARRAYS = ("points", "descriptors", "rolls", "observations", "view_poses", "image_view", "image_roll",
-          "image_start", "obs_points", "obs_uv", "obs_descriptors", "obs_words", "vocabulary")
+ARRAYS = ("points", "descriptors", "view_poses", "image_view", "image_roll", "image_start", "obs_points",
+          "obs_descriptors", "obs_words", "vocabulary")
 
 
 @dataclass
 class EncodedScene:
     """What localization needs of one map, computed once.
 
-    * Landmarks: 3D points with unit-norm fused descriptors, each in one roll bucket.
+    * Landmarks: 3D points with unit-norm fused descriptors (fused per roll of the renders).
     * Virtual images (one per virtual view and roll): their pose and their lifted keypoints
       (observations, stored image by image: rows ``image_start[i]:image_start[i+1]``), each filed
       under a visual word for retrieval.
@@ -148,14 +148,11 @@ class EncodedScene:
 
     points: np.ndarray  # [L, 3] float32 landmark positions, map frame
     descriptors: np.ndarray  # [L, D] float32, unit norm
-    rolls: np.ndarray  # [L] int8, roll bucket (quarter turns of the render)
-    observations: np.ndarray  # [L] int32, how many lifted keypoints were fused into each landmark
     view_poses: np.ndarray  # [V, 4, 4] T_world_camera of the virtual views
     image_view: np.ndarray  # [I] int32, view of each virtual image
     image_roll: np.ndarray  # [I] int8, quarter turns of each virtual image
     image_start: np.ndarray  # [I + 1] int64, first observation row of each image
     obs_points: np.ndarray  # [M, 3] float32, lifted keypoints in the map frame
-    obs_uv: np.ndarray  # [M, 2] float32, their pixel positions in the (unrotated) view
     obs_descriptors: np.ndarray  # [M, D] float16
     obs_words: np.ndarray  # [M] int16, nearest visual word of each (the retrieval's inverted file)
     vocabulary: np.ndarray  # [K, D] float32 visual words
@@ -202,8 +199,9 @@ def virtual_camera(config: SceneConfig) -> PinholeCamera:
     return PinholeCamera(f, f, (width - 1) / 2, (height - 1) / 2, width, height)
 
 
-def analyse_geometry(gmap: GaussianMap, config: SceneConfig) -> SceneGeometry:
-    """Robust centre and radii of the opaque Gaussians, and the viewing distance."""
+def analyse_geometry(gmap: GaussianMap, config: SceneConfig, backend: str = "auto") -> SceneGeometry:
+    """Robust centre and radii of the opaque Gaussians, and the viewing distance (``backend``: the
+    render backend of the layout probe)."""
     opaque = gmap.means[gmap.opacities >= config.min_opacity]
     if len(opaque) < 10:
         raise ValueError(
@@ -215,12 +213,12 @@ def analyse_geometry(gmap: GaussianMap, config: SceneConfig) -> SceneGeometry:
     if r90 <= 0:
         raise ValueError("the map's opaque Gaussians all sit at one point")
     half_fov = np.arctan2(config.image_size[1] / 2, config.focal_factor * config.image_size[0])
-    layout = config.layout if config.layout != "auto" else probe_layout(gmap, centre, r50)
+    layout = config.layout if config.layout != "auto" else probe_layout(gmap, centre, r50, backend)
     typical = r50 / np.sin(half_fov) if layout == "object" else r50
     return SceneGeometry(centre, float(r50), float(r90), layout, float(typical))
 
 
-def probe_layout(gmap: GaussianMap, centre: np.ndarray, radius: float) -> str:
+def probe_layout(gmap: GaussianMap, centre: np.ndarray, radius: float, backend: str = "auto") -> str:
     """``"inside_out"`` when the centre is free space surrounded by surfaces, else ``"object"``.
 
     Six 90-degree views from the centre: in a room every side is covered and the surfaces are a
@@ -230,7 +228,8 @@ def probe_layout(gmap: GaussianMap, centre: np.ndarray, radius: float) -> str:
     probe = PinholeCamera(16.0, 16.0, 15.5, 15.5, 32, 32)
     coverage, depth = [], []
     for d in np.vstack([np.eye(3), -np.eye(3)]):
-        result = render(gmap, probe, invert_pose(look_at(centre, centre + d, _up_for(d))), near=0.01 * radius)
+        result = render(gmap, probe, invert_pose(look_at(centre, centre + d, _up_for(d))), near=0.01 * radius,
+                        backend=backend)
         covered = result.alpha > 0.5
         coverage.append(covered.mean())
         depth.append(np.median(result.depth[covered]) / radius if covered.any() else 0.0)
@@ -252,7 +251,8 @@ def _up_for(direction: np.ndarray) -> np.ndarray:
     return up if abs(direction @ up) < 0.9 else np.array([1.0, 0.0, 0.0])
 
 
-def virtual_views(gmap: GaussianMap, geometry: SceneGeometry, config: SceneConfig) -> list[np.ndarray]:
+def virtual_views(gmap: GaussianMap, geometry: SceneGeometry, config: SceneConfig,
+                  backend: str = "auto") -> list[np.ndarray]:
     """T_world_camera of the virtual viewpoints that cover the map.
 
     Object layout: cameras on spheres around the centre, looking at it. A camera whose view is
@@ -275,7 +275,7 @@ def virtual_views(gmap: GaussianMap, geometry: SceneGeometry, config: SceneConfi
             distance = factor * geometry.typical_distance
             for _ in range(4):
                 T = look_at(geometry.centre + distance * d, geometry.centre, _up_for(d))
-                depth = render(gmap, probe, invert_pose(T), near=near).depth
+                depth = render(gmap, probe, invert_pose(T), near=near, backend=backend).depth
                 if np.mean((depth > 0) & (depth < 0.35 * distance)) < 0.3:
                     break
                 distance *= 0.7
@@ -283,12 +283,12 @@ def virtual_views(gmap: GaussianMap, geometry: SceneGeometry, config: SceneConfi
             # (leaves of a plant, say), which close-up queries need.
             views.append(T)
             if factor < 1.0:
-                views += _aimed_off_centre(gmap, T, config, probe, near)
+                views += _aimed_off_centre(gmap, T, config, probe, near, backend)
     return views
 
 
 def _aimed_off_centre(gmap: GaussianMap, T: np.ndarray, config: SceneConfig, probe: PinholeCamera,
-                      near: float) -> list[np.ndarray]:
+                      near: float, backend: str) -> list[np.ndarray]:
     """Views from the position of ``T`` turned ``aim_tilt_deg`` away from its axis, evenly around it."""
     views = []
     tilt = np.radians(config.aim_tilt_deg)
@@ -297,7 +297,7 @@ def _aimed_off_centre(gmap: GaussianMap, T: np.ndarray, config: SceneConfig, pro
         axis = np.cos(phi) * T[:3, 0] + np.sin(phi) * T[:3, 1]  # turn about an axis across the view
         turned = T.copy()
         turned[:3, :3] = Rotation.from_rotvec(tilt * axis).as_matrix() @ T[:3, :3]
-        if np.mean(render(gmap, probe, invert_pose(turned), near=near).alpha > 0.5) > 0.2:
+        if np.mean(render(gmap, probe, invert_pose(turned), near=near, backend=backend).alpha > 0.5) > 0.2:
             views.append(turned)
     return views
 
@@ -381,20 +381,21 @@ def fuse_landmarks(points: np.ndarray, descriptors: np.ndarray, target: int) -> 
     return fused_points.astype(np.float32), fused.astype(np.float32), counts.astype(np.int32), float(size)
 
 
-def encode_scene(gmap: GaussianMap, encoder, config: SceneConfig | None = None, progress: bool = True) -> EncodedScene:
-    """Encode ``gmap`` into landmarks with ``encoder`` (see the module docstring)."""
+def encode_scene(gmap: GaussianMap, encoder, config: SceneConfig | None = None, progress: bool = True,
+                 backend: str = "auto") -> EncodedScene:
+    """Encode ``gmap`` into landmarks with ``encoder``, rendering with ``backend`` (see the module docstring)."""
     config = config or SceneConfig()
     start = time.perf_counter()
-    geometry = analyse_geometry(gmap, config)
+    geometry = analyse_geometry(gmap, config, backend)
     camera = virtual_camera(config)
-    views = virtual_views(gmap, geometry, config)
+    views = virtual_views(gmap, geometry, config, backend)
     log.info("encoding %d Gaussians (%s layout) from %d virtual views x %d rolls",
              len(gmap), geometry.layout, len(views), config.rolls)
-    obs_points, obs_uv, obs_desc, image_view, image_roll, counts = [], [], [], [], [], []
+    obs_points, obs_desc, image_view, image_roll, counts = [], [], [], [], []
     turns = [0, 1, 2, 3][:: 4 // config.rolls]
     width, height = camera.size
     for view, T in enumerate(tqdm(views, desc="encoding views", unit="view", disable=not progress)):
-        result = render(gmap, camera, invert_pose(T), near=0.01 * geometry.radius)
+        result = render(gmap, camera, invert_pose(T), near=0.01 * geometry.radius, backend=backend)
         uv, desc = [], []
         for k in turns:
             features = encoder.extract(np.ascontiguousarray(np.rot90(result.rgb_u8, k)))
@@ -409,7 +410,6 @@ def encode_scene(gmap: GaussianMap, encoder, config: SceneConfig | None = None, 
         for i, k in enumerate(turns):
             kept = keep[bounds[i]:bounds[i + 1]]
             obs_points.append(points[lifted[i]:lifted[i + 1]].astype(np.float32))
-            obs_uv.append(uv[i][kept].astype(np.float32))
             obs_desc.append(desc[i][kept])
             image_view.append(view)
             image_roll.append(k)
@@ -419,7 +419,7 @@ def encode_scene(gmap: GaussianMap, encoder, config: SceneConfig | None = None, 
         raise ValueError(f"only {len(P)} keypoints could be lifted from the virtual views: "
                          "is the map empty, transparent or without texture?")
     R = np.repeat(np.asarray(image_roll, np.int8), counts)
-    parts = [fuse_landmarks(P[R == k], D[R == k], config.landmarks_per_roll) + (k,) for k in turns]
+    parts = [fuse_landmarks(P[R == k], D[R == k], config.landmarks_per_roll) for k in turns]
     vocabulary = train_vocabulary(D, words=config.vocabulary_words)
     seconds = time.perf_counter() - start
     stats = {"views": len(views), "observations": int(len(P)), "landmarks": int(sum(len(p[0]) for p in parts)),
@@ -428,13 +428,11 @@ def encode_scene(gmap: GaussianMap, encoder, config: SceneConfig | None = None, 
     return EncodedScene(
         points=np.concatenate([p[0] for p in parts]),
         descriptors=np.concatenate([p[1] for p in parts]),
-        rolls=np.concatenate([np.full(len(p[0]), p[4], np.int8) for p in parts]),
-        observations=np.concatenate([p[2] for p in parts]),
         view_poses=np.asarray(views),
         image_view=np.asarray(image_view, np.int32),
         image_roll=np.asarray(image_roll, np.int8),
         image_start=np.concatenate([[0], np.cumsum(counts)]).astype(np.int64),
-        obs_points=P, obs_uv=np.concatenate(obs_uv), obs_descriptors=D.astype(np.float16),
+        obs_points=P, obs_descriptors=D.astype(np.float16),
         obs_words=nearest_words(D, vocabulary).astype(np.int16),
         vocabulary=vocabulary, geometry=geometry, camera=camera,
         map_hash=gmap.content_hash, encoder=encoder.name, config_key=config.key(encoder.name), stats=stats,
@@ -455,7 +453,7 @@ def cache_path(gmap: GaussianMap, encoder_name: str, config: SceneConfig, cache_
 
 
 def load_or_encode(gmap: GaussianMap, encoder, config: SceneConfig | None = None,
-                   cache_dir: Path | None = None, progress: bool = True) -> EncodedScene:
+                   cache_dir: Path | None = None, progress: bool = True, backend: str = "auto") -> EncodedScene:
     """The encoded scene from the cache when it is there and valid, else encode and cache it.
 
     A cache directory that cannot be written only costs the cache (logged), never the result.
@@ -471,7 +469,7 @@ def load_or_encode(gmap: GaussianMap, encoder, config: SceneConfig | None = None
             log.warning("cache %s does not belong to this map and settings: re-encoding", path)
         except Exception as exc:  # a corrupt or foreign cache file must not stop localization
             log.warning("cannot read cache %s (%s): re-encoding", path, exc)
-    scene = encode_scene(gmap, encoder, config, progress=progress)
+    scene = encode_scene(gmap, encoder, config, progress=progress, backend=backend)
     try:
         scene.save(path)
         log.info("cached encoded scene at %s", path)

@@ -9,20 +9,16 @@
 from __future__ import annotations
 
 import os
-import sys
 from pathlib import Path
 
 import pytest
 
+from gsvisloc_ros.ros import local_environment
+
 REPO = Path(__file__).resolve().parents[1]
 SHARED_DATA = REPO.parent / "shared" / "data"
 
-# Set before any test imports rclpy: DDS discovery stays on localhost.
-os.environ["ROS_AUTOMATIC_DISCOVERY_RANGE"] = "LOCALHOST"
-os.environ["ROS_LOCALHOST_ONLY"] = "1"
-# ament_index needs a prefix; in a virtual environment the ROS wheels install into it.
-if not os.environ.get("AMENT_PREFIX_PATH") and sys.prefix != sys.base_prefix:
-    os.environ["AMENT_PREFIX_PATH"] = sys.prefix
+local_environment(force=True)  # before any test imports rclpy: DDS discovery stays on localhost
 os.environ.setdefault("ROS_DOMAIN_ID", str(100 + os.getpid() % 100))
 
 

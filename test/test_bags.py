@@ -8,23 +8,21 @@ import pytest
 from rosbags.highlevel import AnyReader
 from rosbags.interfaces import QosDurability
 
-from gsvisloc_ros.camera import invert_pose, pose_from_xyz_quat
+from gsvisloc_ros.camera import default_camera, invert_pose, pose_from_xyz_quat
 from gsvisloc_ros.cli import main
 from gsvisloc_ros.evaluation.bags import (
     COMPRESSED,
     IMAGE,
     TF,
-    UnusableImage,
-    decode_image,
     inspect_bag,
     offered_qos,
     read_frames,
     typestore,
 )
 from gsvisloc_ros.render import render
+from gsvisloc_ros.ros.messages import CameraInfoError, ImageConversionError, camera_info_to_model, message_to_rgb
 from gsvisloc_ros.synthetic import (
     Rig,
-    default_camera,
     default_map,
     make_trajectory,
     map_extent,
@@ -128,7 +126,7 @@ def test_make_bag_writes_every_topic_rosbags_can_read(tmp_path, storage, compres
         for msg in (image, info, gt):
             assert msg.header.stamp.sec * 10**9 + msg.header.stamp.nanosec == t
         assert image.header.frame_id == info.header.frame_id == "camera_optical_frame"
-        pixels = decode_image(image, COMPRESSED if compressed else IMAGE)
+        pixels = message_to_rgb(image)
         assert pixels.shape == (120, 160, 3)
         expected_pixels = render(default_map(), camera, invert_pose(T_true)).rgb_u8
         if compressed:
@@ -208,44 +206,61 @@ def test_colour_encodings_decode_to_rgb(rgb, encoding):
     alpha = np.full(rgb.shape[:2] + (1,), 200, np.uint8)
     stored = {"rgb8": rgb, "bgr8": rgb[..., ::-1], "8UC3": rgb[..., ::-1],
               "rgba8": np.concatenate([rgb, alpha], 2), "bgra8": np.concatenate([rgb[..., ::-1], alpha], 2)}[encoding]
-    out = decode_image(_raw(np.ascontiguousarray(stored), encoding, pad=6), IMAGE)
+    out = message_to_rgb(_raw(np.ascontiguousarray(stored), encoding, pad=6))
     assert out.dtype == np.uint8 and np.array_equal(out, rgb)
 
 
 def test_grey_and_16_bit_encodings(rgb):
     grey = rgb[..., 0].copy()
-    assert np.array_equal(decode_image(_raw(grey, "mono8", pad=2), IMAGE), grey)
+    assert np.array_equal(message_to_rgb(_raw(grey, "mono8", pad=2)), grey)
     wide = (grey.astype(np.uint16) * 256 + 7).astype("<u2")
     msg = _Msg(encoding="mono16", height=12, width=10, step=20, is_bigendian=0, data=wide.view(np.uint8).reshape(-1))
-    assert np.array_equal(decode_image(msg, IMAGE), grey)
+    assert np.array_equal(message_to_rgb(msg), np.rint(wide * (255.0 / 65535.0)).astype(np.uint8))  # scaled
 
 
 def test_compressed_png_and_jpeg(rgb):
     import cv2
 
     ok, png = cv2.imencode(".png", rgb[..., ::-1])
-    out = decode_image(_Msg(format="rgb8; png compressed bgr8", data=png.reshape(-1)), COMPRESSED)
+    out = message_to_rgb(_Msg(format="rgb8; png compressed bgr8", data=png.reshape(-1)))
     assert np.array_equal(out, rgb)
     smooth = np.repeat(np.repeat(rgb, 8, 0), 8, 1)
     ok, jpg = cv2.imencode(".jpg", smooth[..., ::-1], [cv2.IMWRITE_JPEG_QUALITY, 95])
-    out = decode_image(_Msg(format="jpeg", data=jpg.reshape(-1)), COMPRESSED)
+    out = message_to_rgb(_Msg(format="jpeg", data=jpg.reshape(-1)))
     assert out.shape == smooth.shape and np.abs(out.astype(int) - smooth).mean() < 12
 
 
-@pytest.mark.parametrize("msg,msgtype,words", [
-    (_Msg(encoding="bayer_rggb8", height=2, width=2, step=2, is_bigendian=0, data=np.zeros(4, np.uint8)), IMAGE,
-     "unsupported image encoding 'bayer_rggb8'"),
-    (_Msg(encoding="32FC1", height=2, width=2, step=8, is_bigendian=0, data=np.zeros(16, np.uint8)), IMAGE,
-     "unsupported image encoding '32FC1'"),
-    (_Msg(encoding="rgb8", height=4, width=4, step=12, is_bigendian=0, data=np.zeros(20, np.uint8)), IMAGE,
-     "header and data disagree"),
-    (_Msg(format="jpeg", data=np.frombuffer(b"\xff\xd8not a jpeg at all", np.uint8)), COMPRESSED,
-     "cannot decode the compressed image"),
-    (_Msg(format="16UC1; compressedDepth png", data=np.zeros(10, np.uint8)), COMPRESSED, "depth"),
+def test_a_bags_camera_info_is_read_by_the_nodes_rules_binning_folded_in():
+    t = typestore().types
+    K = default_camera(160, 120).K
+    msg = t["sensor_msgs/msg/CameraInfo"](
+        header=t["std_msgs/msg/Header"](stamp=t["builtin_interfaces/msg/Time"](sec=0, nanosec=0), frame_id="cam"),
+        height=120, width=160, distortion_model="plumb_bob", d=np.zeros(5), k=K.reshape(-1),
+        r=np.eye(3).reshape(-1), p=np.hstack([K, np.zeros((3, 1))]).reshape(-1), binning_x=2, binning_y=2,
+        roi=t["sensor_msgs/msg/RegionOfInterest"](x_offset=0, y_offset=0, height=0, width=0, do_rectify=False))
+    camera = camera_info_to_model(msg).camera
+    assert camera.size == (80, 60) and camera.fx == pytest.approx(K[0, 0] / 2)
+    msg.k = np.zeros(9)
+    with pytest.raises(CameraInfoError, match="all zeros"):
+        camera_info_to_model(msg)
+
+
+@pytest.mark.parametrize("msg,words", [
+    (_Msg(encoding="weird8", height=2, width=2, step=2, is_bigendian=0, data=np.zeros(4, np.uint8)),
+     "unsupported image encoding 'weird8'"),
+    (_Msg(encoding="32FC1", height=2, width=2, step=8, is_bigendian=0, data=np.zeros(16, np.uint8)),
+     "depth encoding"),
+    (_Msg(encoding="16UC1", height=2, width=2, step=4, is_bigendian=0, data=np.zeros(8, np.uint8)),
+     "depth encoding"),
+    (_Msg(encoding="rgb8", height=4, width=4, step=12, is_bigendian=0, data=np.zeros(20, np.uint8)),
+     "image data has 20 bytes"),
+    (_Msg(format="jpeg", data=np.frombuffer(b"\xff\xd8not a jpeg at all", np.uint8)),
+     "cannot decode compressed image"),
+    (_Msg(format="16UC1; compressedDepth png", data=np.zeros(10, np.uint8)), "depth"),
 ])
-def test_images_that_cannot_be_used_say_why(msg, msgtype, words):
-    with pytest.raises(UnusableImage, match=words.replace("(", r"\(").replace(")", r"\)")):
-        decode_image(msg, msgtype)
+def test_images_that_cannot_be_used_say_why(msg, words):
+    with pytest.raises(ImageConversionError, match=words):
+        message_to_rgb(msg)
 
 
 def test_reader_finds_topics_by_type_and_reads_frames(tmp_path):

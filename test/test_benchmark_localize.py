@@ -8,23 +8,24 @@ import cv2
 import numpy as np
 import pytest
 
-from gsvisloc_ros.camera import invert_pose
+from gsvisloc_ros.camera import default_camera, invert_pose
 from gsvisloc_ros.cli import CommandError, build_parser
-from gsvisloc_ros.cli.benchmark import format_localize, run_localize
+from gsvisloc_ros.cli.benchmark_localize import format_localize, run_localize
 from gsvisloc_ros.evaluation import pose_error
+from gsvisloc_ros.evaluation.perturbations import (
+    adjust_brightness_contrast,
+    adjust_gamma,
+    gaussian_blur,
+    gaussian_noise,
+    jpeg,
+    perturb,
+)
+from gsvisloc_ros.evaluation.plots import contact_sheet
 from gsvisloc_ros.evaluation.queries import (
     Query,
     QueryConfig,
-    adjust_brightness_contrast,
-    adjust_gamma,
-    contact_sheet,
-    default_camera,
-    gaussian_blur,
-    gaussian_noise,
     generate_queries,
-    jpeg,
     nearest_view,
-    perturb,
     too_close_to_a_view,
 )
 from gsvisloc_ros.io import save_ply

@@ -10,12 +10,12 @@ import pytest
 from rosbags.rosbag2 import StoragePlugin, Writer
 
 import gsvisloc_ros.synthetic.trajectories as trajectories
-from gsvisloc_ros.camera import invert_pose, matrix_to_quat_xyzw
+from gsvisloc_ros.camera import default_camera, invert_pose, matrix_to_quat_xyzw
 from gsvisloc_ros.cli import main
 from gsvisloc_ros.evaluation.bags import typestore
 from gsvisloc_ros.render import render
 from gsvisloc_ros.scene import SceneConfig
-from gsvisloc_ros.synthetic import default_camera, default_map, make_trajectory
+from gsvisloc_ros.synthetic import default_map, make_trajectory
 
 # A small encoding of the default map keeps the tests quick (the demo uses the real one); the
 # cache directory is shared by every test module of the session.
@@ -38,7 +38,9 @@ def cache_dir(tmp_path_factory):
 @pytest.fixture(scope="module")
 def good_bag(tmp_path_factory):
     bag = tmp_path_factory.mktemp("good") / "bag"
-    assert main(["make-bag", "--map", "default", "--out", str(bag), "--frames", "6", "--size", "320x240"]) == 0
+    # 0.1 Hz: frames far apart in time, each localized on its own (no tracking, no jump gate).
+    assert main(["make-bag", "--map", "default", "--out", str(bag), "--frames", "6", "--size", "320x240",
+                 "--rate", "0.1"]) == 0
     return bag
 
 
@@ -128,7 +130,7 @@ def _foreign_bag(path, frames, camera_info: bool = True, ground_truth: bool = Tr
         infos = writer.add_connection("/cam/color/camera_info", "sensor_msgs/msg/CameraInfo", typestore=store)
         truth = writer.add_connection("/vicon/cam", "geometry_msgs/msg/PoseStamped", typestore=store)
         for i, ((encoding, convert), T) in enumerate(zip(frames, poses, strict=True)):
-            stamp = 1_000_000_000 * (100 + i)
+            stamp = 1_000_000_000 * (100 + 10 * i)  # 10 s apart: each frame on its own (no track, no jump gate)
             rgb = render(gmap, camera, invert_pose(T)).rgb_u8
             if camera_info and i == len(frames) // 2:  # one camera info, after some of the images
                 writer.write(infos, stamp, store.serialize_cdr(_camera_info(store, stamp, camera), infos.msgtype))
@@ -151,7 +153,7 @@ def test_damaged_frames_are_reported_and_the_others_evaluated(cache_dir, tmp_pat
         ("rgb8", lambda rgb: rgb),
         ("bgr8", lambda rgb: rgb[..., ::-1]),
         ("rgb8", None),  # corrupt message
-        ("bayer_rggb8", lambda rgb: rgb[..., 0]),  # an encoding the reader does not know
+        ("weird8", lambda rgb: rgb[..., 0]),  # an encoding the reader does not know
         ("rgba8", _rgba),
     ])
     out = tmp_path / "eval"
@@ -159,12 +161,12 @@ def test_damaged_frames_are_reported_and_the_others_evaluated(cache_dir, tmp_pat
     metrics = json.loads((out / "metrics.json").read_text())
     assert metrics["frames"] == 5 and metrics["unusable"] == 2 and metrics["evaluated"] == 3
     reasons = " | ".join(metrics["unusable_reasons"])
-    assert "corrupt message" in reasons and "unsupported image encoding 'bayer_rggb8'" in reasons
+    assert "corrupt message" in reasons and "unsupported image encoding 'weird8'" in reasons
     assert metrics["localized_fraction"] == 1.0 and metrics["recall"]["2pct_2deg"] == 1.0
     assert metrics["context"]["image_topic"] == "/cam/color/image"  # found by type
     assert metrics["context"]["camera_info_topic"] == "/cam/color/camera_info"
     report = (out / "report.md").read_text()
-    assert "Frames that could not be used (2)" in report and "bayer_rggb8" in report
+    assert "Frames that could not be used (2)" in report and "weird8" in report
     frames = [json.loads(line) for line in (out / "frames.jsonl").read_text().splitlines()]
     assert [f["usable"] for f in frames] == [True, True, False, False, True]
 
@@ -197,13 +199,17 @@ def test_unknown_topics_and_missing_bags_are_clear_errors(good_bag, cache_dir, t
     assert "ground truth must be one of" in capsys.readouterr().err
 
 
-def test_replay_through_the_ros_node(cache_dir, tmp_path, capsys):
+def _require_the_node() -> None:
     pytest.importorskip("rclpy")
     from gsvisloc_ros.evaluation.replay import node_available
 
     ok, why = node_available()
     if not ok:
         pytest.skip(why)
+
+
+def test_replay_through_the_ros_node(cache_dir, tmp_path, capsys):
+    _require_the_node()
     bag = tmp_path / "bag"
     # 0.1 Hz: frames far apart in time, so the node's jump gate does not hold back an orbit of 3 frames.
     assert main(["make-bag", "--map", "default", "--out", str(bag), "--frames", "3", "--size", "320x240",
@@ -215,3 +221,22 @@ def test_replay_through_the_ros_node(cache_dir, tmp_path, capsys):
     assert metrics["frames"] == 3 and metrics["localized_fraction"] >= 2 / 3
     assert metrics["recall"]["2pct_2deg"] >= 2 / 3
     assert "through the gsvisloc ROS node" in (out / "report.md").read_text()
+
+
+def test_straight_into_the_localizer_and_through_the_node_give_the_same_poses_and_decisions(cache_dir, tmp_path):
+    """One product: replaying a walk at 10 Hz (tracked frames, odometry from the bag's TF, the jump
+    gate) straight into the localizer and through the node gives the same outcome for every frame."""
+    _require_the_node()
+    bag = tmp_path / "bag"
+    assert main(["make-bag", "--map", "default", "--out", str(bag), "--frames", "8", "--size", "320x240",
+                 "--trajectory", "walk"]) == 0
+    runs = {}
+    for mode, extra in (("direct", ()), ("node", ("--through-node",))):
+        assert _evaluate(bag, tmp_path / mode, cache_dir, *extra) == 0
+        runs[mode] = [json.loads(line) for line in (tmp_path / mode / "frames.jsonl").read_text().splitlines()]
+    direct, node = runs["direct"], runs["node"]
+    assert [f["success"] for f in direct] == [f["success"] for f in node]
+    assert sum(f["success"] for f in direct) >= 4
+    for a, b in zip(direct, node, strict=True):
+        if a["success"]:
+            np.testing.assert_allclose(a["T_est"], b["T_est"], atol=1e-5)

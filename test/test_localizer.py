@@ -13,7 +13,7 @@ from scipy.spatial.transform import Rotation
 
 from gsvisloc_ros.camera import PinholeCamera, invert_pose, look_at, pose_errors
 from gsvisloc_ros.features import make_encoder
-from gsvisloc_ros.localizer import Localizer, LocalizerConfig, _Timer
+from gsvisloc_ros.localizer import Localizer, LocalizerConfig, RefinementConfig, RetrievalConfig, Search, _Timer
 from gsvisloc_ros.render import render
 from gsvisloc_ros.scene import SceneConfig
 from gsvisloc_ros.synthetic import make_scene
@@ -57,9 +57,14 @@ def test_a_prior_pose_narrows_the_search(tabletop_localizer):
     image, T_true = _query(tabletop_localizer, (0.8, -0.4, 0.5), (0.0, 0.0, 0.1))
     prior = T_true.copy()
     prior[:3, 3] += [0.03, -0.02, 0.01]
-    result = tabletop_localizer.localize(image, CAMERA, prior=prior)
-    assert result.success and result.coarse_source in ("prior", "prior views")
-    assert pose_errors(result.T_world_camera, T_true)[0] < 0.01
+    searched = tabletop_localizer.localize(image, CAMERA)
+    narrowed = tabletop_localizer.localize(image, CAMERA, prior=prior)
+    # Without a prior the query is matched against retrieved virtual images; with a good one there
+    # is no search at all: the refinement starts from the prior.
+    assert searched.success and {"retrieval", "matching", "pnp"} <= set(searched.timings_ms)
+    assert narrowed.success and narrowed.coarse_source == "prior"
+    assert not {"retrieval", "matching", "pnp"} & set(narrowed.timings_ms), narrowed.timings_ms
+    assert pose_errors(narrowed.T_world_camera, T_true)[0] < 0.01
 
 
 @pytest.mark.parametrize("first_scale", [0.5, 1.0])
@@ -68,8 +73,8 @@ def test_refinement_from_a_prior_a_few_degrees_off_is_accurate_at_any_first_scal
     prior = T_true.copy()
     prior[:3, :3] = Rotation.from_rotvec(np.radians(3.0) * np.array([0.6, -0.8, 0.0])).as_matrix() @ T_true[:3, :3]
     prior[:3, 3] += [0.02, 0.01, -0.01]
-    localizer = copy.copy(tabletop_localizer)
-    localizer.config = dataclasses.replace(tabletop_localizer.config, refine_first_scale=first_scale)
+    localizer = tabletop_localizer.variant(
+        refinement=dataclasses.replace(tabletop_localizer.config.refinement, first_scale=first_scale))
     result = localizer.localize(image, CAMERA, prior=prior)
     assert result.success and result.coarse_source == "prior", result.failure_reason
     dt, dr = pose_errors(result.T_world_camera, T_true)
@@ -102,8 +107,7 @@ def _spy_on_coarse_matching(localizer) -> list:
 
 def test_the_wide_search_finds_a_pose_among_images_beyond_the_first_shortlist(tabletop_localizer):
     image, T_true = _query(tabletop_localizer, (0.9, 0.5, 0.6), (0.0, 0.0, 0.1))
-    localizer = copy.copy(tabletop_localizer)
-    localizer.config = dataclasses.replace(tabletop_localizer.config, retrieval_shortlist=3, wide_shortlist=60)
+    localizer = tabletop_localizer.variant(retrieval=RetrievalConfig(shortlist=3, wide_shortlist=60))
     turned = localizer._turned_features(image, 0.0)
     first = set(zip(*[a.tolist() for a in localizer._retrieve(turned, 3)], strict=True))
     used = _spy_on_coarse_matching(localizer)
@@ -114,12 +118,12 @@ def test_the_wide_search_finds_a_pose_among_images_beyond_the_first_shortlist(ta
 
 def test_an_ordinary_view_is_solved_from_the_best_voted_images_alone(tabletop_localizer):
     image, _ = _query(tabletop_localizer, (0.9, 0.5, 0.6), (0.0, 0.0, 0.1))
-    localizer = copy.copy(tabletop_localizer)
+    localizer = tabletop_localizer.variant()
     used = _spy_on_coarse_matching(localizer)
     turned = localizer._turned_features(image, 0.0)
-    hypotheses, _ = localizer._coarse(turned, CAMERA, "global", None, _Timer(), landmarks=False)
-    assert hypotheses[0].num_inliers >= localizer.config.confident_inliers
-    assert len(used) == localizer.config.retrieval_views < localizer.config.retrieval_shortlist
+    hypotheses, _ = localizer._coarse(turned, CAMERA, Search.GLOBAL, None, _Timer(), landmarks=False)
+    assert hypotheses[0].num_inliers >= localizer.config.retrieval.confident_inliers
+    assert len(used) == localizer.config.retrieval.views < localizer.config.retrieval.shortlist
 
 
 def test_the_query_is_turned_by_the_quarter_turns_the_scene_does_not_encode(tabletop_localizer):
@@ -156,12 +160,17 @@ def test_a_rotation_invariant_encoder_is_not_turned(tabletop_localizer):
 
 
 def test_refinement_settings_are_validated():
-    with pytest.raises(ValueError, match="refine_first_scale"):
-        LocalizerConfig(refine_first_scale=0.1)
+    with pytest.raises(ValueError, match="first_scale"):
+        RefinementConfig(first_scale=0.1)
     with pytest.raises(ValueError, match="wide_shortlist"):
-        LocalizerConfig(wide_shortlist=-1)
+        RetrievalConfig(wide_shortlist=-1)
     with pytest.raises(ValueError, match="vote_keypoints"):
-        LocalizerConfig(vote_keypoints=4)
+        RetrievalConfig(vote_keypoints=4)
+    with pytest.raises(ValueError, match="unknown LocalizerConfig settings: shortlist"):
+        LocalizerConfig.from_dict({"shortlist": 3})
+    assert LocalizerConfig.from_dict({"retrieval": {"shortlist": 3}}).retrieval == RetrievalConfig(shortlist=3)
+    with pytest.raises(dataclasses.FrozenInstanceError):
+        LocalizerConfig().encoder = "sift"
 
 
 def test_a_wrong_prior_costs_time_not_the_pose(tabletop_localizer):
@@ -198,3 +207,40 @@ def test_bad_prior_is_refused(tabletop_localizer):
     image, _ = _query(tabletop_localizer, (0.9, 0.5, 0.6), (0.0, 0.0, 0.1))
     result = tabletop_localizer.localize(image, CAMERA, prior=np.full((4, 4), np.nan))
     assert not result.success and "prior" in result.failure_reason
+
+
+def test_a_tracked_stream_localizes_the_next_frame_from_the_last_trusted_pose(tabletop_localizer):
+    from gsvisloc_ros.tracking import Tracker
+
+    tracker = Tracker()
+    first_image, T_first = _query(tabletop_localizer, (0.8, -0.4, 0.5), (0.0, 0.0, 0.1))
+    next_image, T_next = _query(tabletop_localizer, (0.79, -0.38, 0.5), (0.0, 0.0, 0.1))
+    first = tracker.localize(tabletop_localizer, first_image, CAMERA, 0.0, "cam")
+    assert first.trusted and first.prior is None and not first.from_track and first.result.coarse_source != "prior"
+    tracked = tracker.localize(tabletop_localizer, next_image, CAMERA, 0.1, "cam")
+    assert tracked.trusted and tracked.from_track and tracked.result.coarse_source == "prior"
+    assert np.array_equal(tracked.prior, first.result.T_world_camera)
+    assert pose_errors(tracked.result.T_world_camera, T_next)[0] < 0.01
+
+
+def test_a_variant_shares_the_encoded_scene_and_leaves_the_original_alone(tabletop_localizer):
+    before = tabletop_localizer.config
+    variant = tabletop_localizer.variant(refinement=RefinementConfig(iterations=0), min_coarse_inliers=10)
+    assert variant.scene is tabletop_localizer.scene and variant.encoder is tabletop_localizer.encoder
+    assert variant.config.refinement.iterations == 0 and tabletop_localizer.config is before
+    with pytest.raises(ValueError, match="change the encoding"):
+        tabletop_localizer.variant(encoder="sift")
+    with pytest.raises(ValueError, match="unknown LocalizerConfig settings: colour"):
+        tabletop_localizer.variant(colour="red")
+
+
+def test_the_device_setting_chooses_the_render_backend(tabletop_localizer):
+    from gsvisloc_ros.render import backend_for_device
+
+    assert tabletop_localizer.config.device == "auto" and tabletop_localizer.backend == "auto"
+    on_cpu = Localizer(tabletop_localizer.map, dataclasses.replace(tabletop_localizer.config, device="cpu"),
+                       progress=False)  # the encoding comes from the cache
+    assert on_cpu.backend == "cpu"
+    assert [backend_for_device(d) for d in ("cpu", "cuda", "cuda:1", "auto")] == ["cpu", "cuda", "cuda", "auto"]
+    with pytest.raises(ValueError, match="unknown device"):
+        backend_for_device("tpu")

@@ -1,4 +1,4 @@
-"""Coarse matching against a brute-force reference, with known correspondences, and the frustum filter."""
+"""Coarse matching against a brute-force reference, with known correspondences."""
 
 from __future__ import annotations
 
@@ -6,36 +6,24 @@ import numpy as np
 import pytest
 import torch
 
-from gsvisloc_ros.camera import PinholeCamera, invert_pose, look_at, transform_points
-from gsvisloc_ros.matching import Matches, MatchingConfig, frustum_filter, match_descriptors
+from gsvisloc_ros.matching import Matches, MatchingConfig, match_descriptors
 
 
 def unit(x: np.ndarray) -> np.ndarray:
     return (x / np.linalg.norm(x, axis=1, keepdims=True)).astype(np.float32)
 
 
-def reference(query, desc, ids, cfg: MatchingConfig) -> set[tuple[int, int]]:
-    """Dense numpy implementation of both matchers (landmark similarity = max over its descriptors)."""
-    landmarks = np.unique(ids)
-    sims = query @ desc.T
-    S = np.stack([sims[:, ids == lm].max(axis=1) for lm in landmarks], axis=1)
+def reference(query, desc, cfg: MatchingConfig) -> set[tuple[int, int]]:
+    """Dense numpy mutual nearest neighbours."""
+    S = query @ desc.T
     rows = np.arange(len(query))
-    if cfg.method == "mnn":
-        a, b = S.argmax(1), S.argmax(0)
-        keep = (b[a] == rows) & (S[rows, a] >= cfg.min_similarity)
-        if cfg.ratio is not None:
-            top2 = np.sort(S, axis=1)[:, -2:]
-            d = np.sqrt(np.clip(2 - 2 * top2, 0, None))
-            keep &= d[:, 1] <= cfg.ratio * d[:, 0]
-    else:
-        Z = S / cfg.temperature
-        P = np.exp(Z - Z.max(1, keepdims=True))
-        P = P / P.sum(1, keepdims=True)
-        Q = np.exp(Z - Z.max(0, keepdims=True))
-        P = P * (Q / Q.sum(0, keepdims=True))
-        a, b = P.argmax(1), P.argmax(0)
-        keep = (b[a] == rows) & (P[rows, a] > cfg.threshold) & (S[rows, a] >= cfg.min_similarity)
-    return {(int(q), int(landmarks[lm])) for q, lm in zip(rows[keep], a[keep], strict=True)}
+    a, b = S.argmax(1), S.argmax(0)
+    keep = (b[a] == rows) & (S[rows, a] >= cfg.min_similarity)
+    if cfg.ratio is not None:
+        top2 = np.sort(S, axis=1)[:, -2:]
+        d = np.sqrt(np.clip(2 - 2 * top2, 0, None))
+        keep &= d[:, 1] <= cfg.ratio * d[:, 0]
+    return {(int(q), int(lm)) for q, lm in zip(rows[keep], a[keep], strict=True)}
 
 
 def as_set(m: Matches) -> set[tuple[int, int]]:
@@ -43,24 +31,16 @@ def as_set(m: Matches) -> set[tuple[int, int]]:
 
 
 def known_correspondences(num_landmarks=2000, num_true=500, num_distractors=300, dim=64, noise=0.3, seed=0):
-    """Landmarks with 1-5 descriptors each (sparse ids), queries = noisy copies of some + distractors."""
+    """Landmark descriptors, queries = noisy copies of some of them + distractors, and the true pairs."""
     rng = np.random.default_rng(seed)
-    counts = rng.integers(1, 6, num_landmarks)
-    ids = np.repeat(np.arange(num_landmarks) * 7 + 3, counts)  # ids need not be 0..L-1
-    centres = rng.normal(size=(num_landmarks, dim))
-    desc = unit(np.repeat(centres, counts, axis=0) + 0.2 * rng.normal(size=(len(ids), dim)))
-    perm = rng.permutation(len(ids))  # descriptors of a landmark need not be adjacent
-    desc, ids = desc[perm], ids[perm]
-    picked = rng.choice(len(ids), num_true, replace=False)
-    picked = picked[np.unique(ids[picked], return_index=True)[1]]  # one query per landmark
+    desc = unit(rng.normal(size=(num_landmarks, dim)))
+    picked = rng.choice(num_landmarks, num_true, replace=False)
     query = unit(desc[picked] + noise / np.sqrt(dim) * rng.normal(size=(len(picked), dim)))
     query = np.concatenate([query, unit(rng.normal(size=(num_distractors, dim)))])
-    truth = {(q, int(ids[p])) for q, p in enumerate(picked)}
     order = rng.permutation(len(query))
-    query = query[order]
     inverse = np.argsort(order)
-    truth = {(int(inverse[q]), lm) for q, lm in truth}
-    return query, desc, ids, truth
+    truth = {(int(inverse[q]), int(lm)) for q, lm in enumerate(picked)}
+    return query[order], desc, truth
 
 
 @pytest.mark.parametrize(
@@ -68,13 +48,12 @@ def known_correspondences(num_landmarks=2000, num_true=500, num_distractors=300,
     [
         MatchingConfig(device="cpu"),
         MatchingConfig(device="cpu", ratio=0.9),
-        MatchingConfig(method="dual_softmax", temperature=0.1, device="cpu"),
     ],
-    ids=["mnn", "mnn-ratio", "dual-softmax"],
+    ids=["mnn", "mnn-ratio"],
 )
 def test_known_correspondences_are_found(cfg):
-    query, desc, ids, truth = known_correspondences()
-    m = match_descriptors(query, desc, ids, cfg)
+    query, desc, truth = known_correspondences()
+    m = match_descriptors(query, desc, cfg)
     found = as_set(m)
     assert len(found & truth) >= 0.95 * len(truth)
     assert len(found - truth) <= 0.01 * len(found)
@@ -83,23 +62,18 @@ def test_known_correspondences_are_found(cfg):
     assert m.query_idx.dtype == np.int64 and m.landmark_idx.dtype == np.int64 and m.score.dtype == np.float32
 
 
-@pytest.mark.parametrize("method", ["mnn", "mnn-ratio", "dual_softmax"])
-def test_equals_brute_force_for_every_chunk_size(method):
+@pytest.mark.parametrize("ratio", [None, 0.95])
+def test_equals_brute_force_for_every_chunk_size(ratio):
     rng = np.random.default_rng(1)
     query = unit(rng.normal(size=(150, 16)))
-    desc = unit(rng.normal(size=(600, 16)))
-    ids = rng.integers(0, 250, 600)  # 1..many descriptors per landmark, several padding buckets
-    kwargs = {"min_similarity": -1.0}
-    if method == "mnn-ratio":
-        kwargs["ratio"] = 0.95
-    if method == "dual_softmax":
-        kwargs.update(method="dual_softmax", temperature=0.05, threshold=0.01)
+    desc = unit(rng.normal(size=(250, 16)))
+    kwargs = {"min_similarity": -1.0, "ratio": ratio}
     results = []
     for chunk in (1, 7, 64, 1_000_000):
         cfg = MatchingConfig(chunk_size=chunk, device="cpu", **kwargs)
-        m = match_descriptors(query, desc, ids, cfg)
+        m = match_descriptors(query, desc, cfg)
         results.append((as_set(m), dict(zip(m.query_idx.tolist(), m.score.tolist(), strict=True))))
-    expected = reference(query, desc, ids, MatchingConfig(chunk_size=1, device="cpu", **kwargs))
+    expected = reference(query, desc, MatchingConfig(chunk_size=1, device="cpu", **kwargs))
     assert len(expected) > 20
     for found, scores in results:
         assert found == expected
@@ -107,7 +81,7 @@ def test_equals_brute_force_for_every_chunk_size(method):
             assert scores[q] == pytest.approx(s, rel=1e-5, abs=1e-6)
 
 
-def test_one_descriptor_per_landmark_uses_rows_as_ids():
+def test_landmarks_are_descriptor_rows():
     rng = np.random.default_rng(2)
     desc = unit(rng.normal(size=(300, 32)))
     query = desc[[5, 17, 200]]
@@ -152,16 +126,12 @@ def test_bad_inputs_raise():
     desc = unit(np.random.default_rng(6).normal(size=(10, 8)))
     with pytest.raises(ValueError, match="descriptor sizes differ"):
         match_descriptors(desc[:, :4], desc)
-    with pytest.raises(ValueError, match="one entry per descriptor"):
-        match_descriptors(desc, desc, np.arange(5))
-    with pytest.raises(ValueError, match="integers"):
-        match_descriptors(desc, desc, np.linspace(0, 1, 10))
-    with pytest.raises(ValueError):
-        MatchingConfig(method="nearest")
+    with pytest.raises(ValueError, match="2-D"):
+        match_descriptors(desc[0], desc)
     with pytest.raises(ValueError):
         MatchingConfig(ratio=1.5)
     with pytest.raises(ValueError):
-        MatchingConfig(temperature=0.0)
+        MatchingConfig(chunk_size=0)
 
 
 def test_large_map_is_chunked():
@@ -172,27 +142,3 @@ def test_large_map_is_chunked():
     query = desc[picks] + 0.01 * torch.randn(3, 64, generator=torch.Generator().manual_seed(0))
     m = match_descriptors(query, desc, config=MatchingConfig(chunk_size=4096, device="cpu"))
     assert as_set(m) == {(0, 3), (1, 50_000), (2, 99_999)}
-
-
-CAMERA = PinholeCamera(fx=400.0, fy=400.0, cx=319.5, cy=239.5, width=640, height=480)
-
-
-def test_frustum_filter():
-    T = look_at([0.0, 0.0, -5.0], [0.0, 0.0, 0.0])
-    rng = np.random.default_rng(8)
-    points = rng.uniform(-20, 20, (5000, 3))
-    uv, z = CAMERA.project(transform_points(invert_pose(T), points))
-    inside = (z > 1e-6) & CAMERA.in_image(uv)
-    np.testing.assert_array_equal(frustum_filter(points, CAMERA, T, margin=0.0), inside)
-    wide = frustum_filter(points, CAMERA, T, margin=0.25)
-    assert np.all(wide[inside]) and wide.sum() > inside.sum()
-    expected = (z > 1e-6) & (uv[:, 0] > -0.5 - 160) & (uv[:, 0] < 639.5 + 160)
-    expected &= (uv[:, 1] > -0.5 - 120) & (uv[:, 1] < 479.5 + 120)
-    np.testing.assert_array_equal(wide, expected)
-    near = frustum_filter(points, CAMERA, T, margin=0.0, max_depth=10.0)
-    np.testing.assert_array_equal(near, inside & (z < 10.0))
-    # A point straight behind the camera projects into the image with negative depth: rejected.
-    behind = transform_points(T, np.array([[0.0, 0.0, -3.0]]))
-    assert not frustum_filter(behind, CAMERA, T)[0]
-    with pytest.raises(ValueError):
-        frustum_filter(points, CAMERA, T, margin=-0.1)

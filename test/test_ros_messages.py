@@ -114,17 +114,6 @@ def test_bad_compressed_images_are_refused(fmt, data, why):
         M.compressed_to_rgb(CompressedImage(format=fmt, data=array.array("B", data)))
 
 
-def test_image_bridge_has_the_cv_bridge_interface():
-    bridge = M.ImageBridge()
-    msg = bridge.cv2_to_imgmsg(RGB[:, :, ::-1].copy(), "bgr8")
-    assert msg.encoding == "bgr8"
-    np.testing.assert_array_equal(bridge.imgmsg_to_cv2(msg, "rgb8"), RGB)
-    np.testing.assert_array_equal(bridge.imgmsg_to_cv2(msg), RGB[:, :, ::-1])  # passthrough
-    np.testing.assert_array_equal(M.image_to_rgb(M.rgb_to_image(RGB, "rgb8")), RGB)
-    compressed = bridge.cv2_to_compressed_imgmsg(RGB[:, :, ::-1].copy(), "png")
-    np.testing.assert_array_equal(bridge.compressed_imgmsg_to_cv2(compressed), RGB[:, :, ::-1])
-
-
 # ------------------------------------------------------------------------------ camera_info
 
 

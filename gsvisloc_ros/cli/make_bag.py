@@ -55,9 +55,9 @@ def load_map_argument(spec: str):
 
 def make_bag(args: argparse.Namespace, gmap, out: Path, progress: bool = True):
     """Write the bag described by ``args`` (trajectory options, storage, compressed); returns its summary."""
-    from gsvisloc_ros.camera import parse_size
-    from gsvisloc_ros.evaluation.bags import write_synthetic_bag
-    from gsvisloc_ros.synthetic import default_camera, make_trajectory
+    from gsvisloc_ros.camera import default_camera, parse_size
+    from gsvisloc_ros.evaluation.bag_writer import write_synthetic_bag
+    from gsvisloc_ros.synthetic import make_trajectory
 
     if args.frames < 2:
         raise CommandError(f"--frames must be at least 2, got {args.frames}")

@@ -1,8 +1,8 @@
-"""ROS 2 bags for evaluation: write synthetic ones, read camera frames out of any one.
+"""Reading ROS 2 bags for evaluation: camera frames, their camera and ground truth, out of any bag.
 
-Writing (:class:`BagWriter`, :func:`write_synthetic_bag`) and reading (:func:`read_frames`) use
-the pure-Python ``rosbags`` library, so neither needs a ROS installation; bags are sqlite3 or
-mcap, as ``ros2 bag record`` writes them, and play back with ``ros2 bag play``.
+Reading (:func:`inspect_bag`, :func:`read_frames`) uses the pure-Python ``rosbags`` library, so it
+needs no ROS installation; bags are sqlite3 or mcap, as ``ros2 bag record`` writes them. Writing
+synthetic bags: :mod:`gsvisloc_ros.evaluation.bag_writer`.
 
 Topics of a synthetic bag (frame ids from :class:`~gsvisloc_ros.synthetic.trajectories.Rig`):
 
@@ -16,9 +16,10 @@ Topics of a synthetic bag (frame ids from :class:`~gsvisloc_ros.synthetic.trajec
   optical frame in ``map`` (T_world_camera), one per image with the image's stamp.
 
 Reading finds the image and camera-info topics by message type when they are not named, decodes
-``rgb8``, ``bgr8``, ``mono8``, ``rgba8``, ``bgra8`` (and ``8UC1``/``8UC3``, 16-bit mono scaled
-down) and JPEG/PNG compressed images, undistorts with the camera info's plumb-bob or equidistant
-model, and reports every frame it cannot use with the reason instead of stopping.
+images and camera infos with the node's own rules (:func:`~gsvisloc_ros.ros.messages.message_to_rgb`,
+:func:`~gsvisloc_ros.ros.messages.camera_info_to_model`: the same pixels and intrinsics whether a
+bag is replayed straight into the localizer or through the node), undistorts them the same way,
+and reports every frame it cannot use with the reason instead of stopping.
 """
 
 from __future__ import annotations
@@ -30,7 +31,8 @@ from pathlib import Path
 
 import numpy as np
 
-from gsvisloc_ros.camera import PinholeCamera, matrix_to_quat_xyzw, pose_from_xyz_quat
+from gsvisloc_ros.camera import PinholeCamera, pose_from_xyz_quat
+from gsvisloc_ros.ros.messages import CameraModel, camera_info_to_model, message_to_rgb
 
 log = logging.getLogger(__name__)
 
@@ -44,7 +46,6 @@ ODOMETRY = "nav_msgs/msg/Odometry"
 TRANSFORM_STAMPED = "geometry_msgs/msg/TransformStamped"
 GT_TYPES = (POSE_STAMPED, POSE_WITH_COV, ODOMETRY, TRANSFORM_STAMPED)
 
-STORAGES = ("sqlite3", "mcap")
 DEFAULT_TOPICS = {
     "image": "/camera/image_raw",
     "compressed": "/camera/image_raw/compressed",
@@ -57,9 +58,6 @@ DEFAULT_TOPICS = {
 # tf2_msgs/msg/TFMessage as defined upstream, for typestores that do not carry tf2_msgs.
 TFMESSAGE_MSG = "geometry_msgs/TransformStamped[] transforms\n"
 
-#: Start of synthetic bags' clocks (ns since the epoch): fixed so that bags are reproducible.
-SYNTHETIC_START_NS = 1_700_000_000 * 1_000_000_000
-
 
 def typestore():
     """The ROS 2 Jazzy typestore of ``rosbags``, with ``tf2_msgs/msg/TFMessage`` registered if missing."""
@@ -69,296 +67,6 @@ def typestore():
     if TF not in store.fielddefs:
         store.register(get_types_from_msg(TFMESSAGE_MSG, TF))
     return store
-
-
-def _qos(durability: str = "volatile", depth: int = 10, reliable: bool = True):
-    """A recorded offered-QoS profile (as ``ros2 bag record`` stores it in the metadata)."""
-    from rosbags.interfaces import Qos, QosDurability, QosHistory, QosLiveliness, QosReliability, QosTime
-
-    infinite = QosTime(0x7FFFFFFF, 0xFFFFFFFF)  # rmw's "infinite" duration, as recorded by rosbag2
-    return Qos(
-        history=QosHistory.KEEP_LAST, depth=depth,
-        reliability=QosReliability.RELIABLE if reliable else QosReliability.BEST_EFFORT,
-        durability=QosDurability.TRANSIENT_LOCAL if durability == "transient_local" else QosDurability.VOLATILE,
-        deadline=infinite, lifespan=infinite, liveliness=QosLiveliness.AUTOMATIC,
-        liveliness_lease_duration=infinite, avoid_ros_namespace_conventions=False,
-    )
-
-
-# ---------------------------------------------------------------------------------------- writing
-
-
-class BagWriter:
-    """Write camera frames, tf and ground truth into a new ROS 2 bag (a context manager).
-
-    ``storage``: ``"sqlite3"`` or ``"mcap"``. ``compressed``: images as JPEG ``CompressedImage``
-    on ``<image topic>/compressed`` instead of raw ``rgb8`` ``Image``.
-    """
-
-    def __init__(self, path: str | Path, storage: str = "sqlite3", compressed: bool = False,
-                 topics: dict | None = None, jpeg_quality: int = 92) -> None:
-        from rosbags.rosbag2 import StoragePlugin, Writer
-
-        if storage not in STORAGES:
-            raise ValueError(f"unknown storage {storage!r}; choose one of {', '.join(STORAGES)}")
-        self.path = Path(path)
-        if self.path.exists():
-            raise FileExistsError(f"{self.path} exists already: a bag is written to a new directory")
-        self.store = typestore()
-        self.types = self.store.types
-        self.compressed = compressed
-        self.jpeg_quality = jpeg_quality
-        self.topics = {**DEFAULT_TOPICS, **(topics or {})}
-        plugin = StoragePlugin.MCAP if storage == "mcap" else StoragePlugin.SQLITE3
-        self._writer = Writer(self.path, version=9, storage_plugin=plugin)
-        self._connections: dict[str, object] = {}
-        self.counts: dict[str, int] = {}
-
-    def __enter__(self) -> BagWriter:
-        self._writer.open()
-        image_topic = self.topics["compressed" if self.compressed else "image"]
-        sensor = _qos(depth=10)
-        for key, topic, msgtype, qos in (
-            ("image", image_topic, COMPRESSED if self.compressed else IMAGE, sensor),
-            ("camera_info", self.topics["camera_info"], CAMERA_INFO, sensor),
-            ("tf_static", self.topics["tf_static"], TF, _qos("transient_local", depth=1)),
-            ("tf", self.topics["tf"], TF, _qos(depth=100)),
-            ("ground_truth", self.topics["ground_truth"], POSE_STAMPED, _qos(depth=10)),
-        ):
-            self._connections[key] = self._writer.add_connection(
-                topic, msgtype, typestore=self.store, offered_qos_profiles=[qos])
-            self.counts[topic] = 0
-        return self
-
-    def __exit__(self, exc_type, exc, tb) -> None:
-        self._writer.close()
-
-    # -- messages
-
-    def _header(self, stamp_ns: int, frame_id: str):
-        t = self.types
-        return t["std_msgs/msg/Header"](
-            stamp=t["builtin_interfaces/msg/Time"](sec=int(stamp_ns // 1_000_000_000),
-                                                   nanosec=int(stamp_ns % 1_000_000_000)),
-            frame_id=frame_id)
-
-    def _transform(self, stamp_ns: int, parent: str, child: str, T: np.ndarray):
-        t = self.types
-        x, y, z = (float(v) for v in T[:3, 3])
-        qx, qy, qz, qw = (float(v) for v in matrix_to_quat_xyzw(T[:3, :3]))
-        return t[TRANSFORM_STAMPED](
-            header=self._header(stamp_ns, parent), child_frame_id=child,
-            transform=t["geometry_msgs/msg/Transform"](
-                translation=t["geometry_msgs/msg/Vector3"](x=x, y=y, z=z),
-                rotation=t["geometry_msgs/msg/Quaternion"](x=qx, y=qy, z=qz, w=qw)))
-
-    def _write(self, key: str, stamp_ns: int, msg) -> None:
-        connection = self._connections[key]
-        self._writer.write(connection, int(stamp_ns), self.store.serialize_cdr(msg, connection.msgtype))
-        self.counts[connection.topic] += 1
-
-    def write_static_transform(self, stamp_ns: int, parent: str, child: str, T_parent_child: np.ndarray) -> None:
-        self._write("tf_static", stamp_ns,
-                    self.types[TF](transforms=[self._transform(stamp_ns, parent, child, T_parent_child)]))
-
-    def write_transform(self, stamp_ns: int, parent: str, child: str, T_parent_child: np.ndarray) -> None:
-        self._write("tf", stamp_ns, self.types[TF](transforms=[self._transform(stamp_ns, parent, child,
-                                                                                 T_parent_child)]))
-
-    def write_image(self, stamp_ns: int, frame_id: str, rgb: np.ndarray) -> None:
-        """An RGB uint8 image [H, W, 3] (raw ``rgb8``, or JPEG when the bag is ``compressed``)."""
-        rgb = np.ascontiguousarray(rgb, dtype=np.uint8)
-        header = self._header(stamp_ns, frame_id)
-        if self.compressed:
-            import cv2
-
-            ok, data = cv2.imencode(".jpg", cv2.cvtColor(rgb, cv2.COLOR_RGB2BGR),
-                                    [cv2.IMWRITE_JPEG_QUALITY, self.jpeg_quality])
-            if not ok:
-                raise RuntimeError("OpenCV could not encode a JPEG")
-            msg = self.types[COMPRESSED](header=header, format="rgb8; jpeg compressed bgr8",
-                                         data=np.asarray(data, np.uint8).reshape(-1))
-        else:
-            h, w = rgb.shape[:2]
-            msg = self.types[IMAGE](header=header, height=h, width=w, encoding="rgb8", is_bigendian=0,
-                                    step=3 * w, data=rgb.reshape(-1))
-        self._write("image", stamp_ns, msg)
-
-    def write_camera_info(self, stamp_ns: int, frame_id: str, camera: PinholeCamera) -> None:
-        t = self.types
-        K = camera.K
-        P = np.hstack([K, np.zeros((3, 1))])
-        msg = t[CAMERA_INFO](
-            header=self._header(stamp_ns, frame_id), height=camera.height, width=camera.width,
-            distortion_model="plumb_bob", d=np.zeros(5), k=K.reshape(-1), r=np.eye(3).reshape(-1),
-            p=P.reshape(-1), binning_x=0, binning_y=0,
-            roi=t["sensor_msgs/msg/RegionOfInterest"](x_offset=0, y_offset=0, height=0, width=0, do_rectify=False))
-        self._write("camera_info", stamp_ns, msg)
-
-    def write_pose(self, stamp_ns: int, frame_id: str, T: np.ndarray) -> None:
-        t = self.types
-        x, y, z = (float(v) for v in T[:3, 3])
-        qx, qy, qz, qw = (float(v) for v in matrix_to_quat_xyzw(T[:3, :3]))
-        msg = t[POSE_STAMPED](header=self._header(stamp_ns, frame_id), pose=t["geometry_msgs/msg/Pose"](
-            position=t["geometry_msgs/msg/Point"](x=x, y=y, z=z),
-            orientation=t["geometry_msgs/msg/Quaternion"](x=qx, y=qy, z=qz, w=qw)))
-        self._write("ground_truth", stamp_ns, msg)
-
-
-@dataclass
-class BagSummary:
-    """What :func:`write_synthetic_bag` wrote."""
-
-    path: Path
-    storage: str
-    frames: int
-    counts: dict  # topic -> messages
-    camera: PinholeCamera
-    seconds: float
-
-    def to_dict(self) -> dict:
-        c = self.camera
-        return {"path": str(self.path), "storage": self.storage, "frames": self.frames, "topics": self.counts,
-                "camera": {"fx": c.fx, "fy": c.fy, "cx": c.cx, "cy": c.cy, "width": c.width, "height": c.height},
-                "seconds": round(self.seconds, 2)}
-
-
-def write_synthetic_bag(path: str | Path, gmap, trajectory, camera: PinholeCamera, storage: str = "sqlite3",
-                        compressed: bool = False, progress: bool = True,
-                        start_ns: int = SYNTHETIC_START_NS) -> BagSummary:
-    """Render ``gmap`` along ``trajectory`` with ``camera`` and write every frame into a new bag.
-
-    Per frame: the image, the camera info, ``odom -> base_link`` on ``/tf`` and the true optical
-    frame pose in ``map``. Once, first: ``base_link -> camera_optical_frame`` on ``/tf_static``.
-    """
-    import time
-
-    from tqdm import tqdm
-
-    from gsvisloc_ros.camera import invert_pose
-    from gsvisloc_ros.render import render
-
-    start = time.perf_counter()
-    rig = trajectory.rig
-    stamps = start_ns + np.rint(np.asarray(trajectory.stamps) * 1e9).astype(np.int64)
-    near = 0.01 * float(np.median(np.linalg.norm(gmap.means - np.median(gmap.means, axis=0), axis=1)) + 1e-9)
-    path = Path(path)
-    try:
-        with BagWriter(path, storage, compressed) as bag:
-            bag.write_static_transform(int(stamps[0]), rig.base_frame, rig.camera_frame, trajectory.T_base_camera)
-            frames = zip(stamps, trajectory.T_map_camera, trajectory.T_odom_base, strict=True)
-            for stamp, T_map_camera, T_odom_base in tqdm(frames, total=len(stamps), desc="rendering frames",
-                                                          unit="frame", disable=not progress):
-                image = render(gmap, camera, invert_pose(T_map_camera), near=near).rgb_u8
-                bag.write_transform(int(stamp), rig.odom_frame, rig.base_frame, T_odom_base)
-                bag.write_camera_info(int(stamp), rig.camera_frame, camera)
-                bag.write_image(int(stamp), rig.camera_frame, image)
-                bag.write_pose(int(stamp), rig.map_frame, T_map_camera)
-    except BaseException:
-        import shutil
-
-        shutil.rmtree(path, ignore_errors=True)  # never leave half a bag behind
-        raise
-    return BagSummary(path, storage, len(stamps), dict(bag.counts), camera, time.perf_counter() - start)
-
-
-# ---------------------------------------------------------------------------------------- reading
-
-
-class UnusableImage(ValueError):
-    """An image message that cannot be turned into pixels; ``str()`` says why."""
-
-
-_CHANNELS = {"rgb8": 3, "bgr8": 3, "rgba8": 4, "bgra8": 4, "mono8": 1, "8uc1": 1, "8uc3": 3, "8uc4": 4,
-             "mono16": 1, "16uc1": 1}
-
-
-def decode_image(msg, msgtype: str) -> np.ndarray:
-    """uint8 RGB [H, W, 3] or grey [H, W] pixels of an ``Image`` or ``CompressedImage`` message.
-
-    Raises :class:`UnusableImage` with the reason when the encoding is not supported or the data
-    does not match its header.
-    """
-    import cv2
-
-    if msgtype == COMPRESSED:
-        fmt = str(msg.format or "").lower()
-        if "compresseddepth" in fmt:
-            raise UnusableImage(f"compressed depth image (format {msg.format!r}), not a camera image")
-        data = np.asarray(msg.data, dtype=np.uint8)
-        image = cv2.imdecode(data, cv2.IMREAD_UNCHANGED) if data.size else None
-        if image is None:
-            raise UnusableImage(f"cannot decode the compressed image (format {msg.format!r}, {data.size} bytes): "
-                                "corrupt, or not JPEG/PNG")
-        if image.dtype != np.uint8:
-            image = (image >> 8).astype(np.uint8) if image.dtype == np.uint16 else image.astype(np.uint8)
-        if image.ndim == 3:  # OpenCV decodes to BGR(A), whatever the format string says
-            image = cv2.cvtColor(image, cv2.COLOR_BGRA2RGB if image.shape[2] == 4 else cv2.COLOR_BGR2RGB)
-        return image
-    encoding = str(msg.encoding or "")
-    channels = _CHANNELS.get(encoding.lower())
-    if channels is None:
-        raise UnusableImage(f"unsupported image encoding {encoding!r} (supported: rgb8, bgr8, mono8, rgba8, bgra8, "
-                            "8UC1, 8UC3, mono16, and JPEG/PNG CompressedImage)")
-    h, w, step = int(msg.height), int(msg.width), int(msg.step)
-    depth = 2 if encoding.lower() in ("mono16", "16uc1") else 1
-    data = np.asarray(msg.data, dtype=np.uint8)
-    if h < 1 or w < 1 or step < w * channels * depth or data.size < step * h:
-        raise UnusableImage(f"{encoding} image of {w}x{h} (step {step}) with {data.size} bytes of data: "
-                            "header and data disagree")
-    rows = data[: step * h].reshape(h, step)[:, : w * channels * depth]
-    if depth == 2:
-        values = rows.view(">u2" if msg.is_bigendian else "<u2").reshape(h, w)
-        return (values >> 8).astype(np.uint8)
-    pixels = np.ascontiguousarray(rows.reshape(h, w, channels) if channels > 1 else rows.reshape(h, w))
-    lower = encoding.lower()
-    if lower in ("bgr8", "8uc3"):
-        return cv2.cvtColor(pixels, cv2.COLOR_BGR2RGB)
-    if lower in ("bgra8", "8uc4"):
-        return cv2.cvtColor(pixels, cv2.COLOR_BGRA2RGB)
-    if lower == "rgba8":
-        return cv2.cvtColor(pixels, cv2.COLOR_RGBA2RGB)
-    return pixels
-
-
-@dataclass
-class CameraModel:
-    """A camera info message's intrinsics and distortion (what the localizer needs of it)."""
-
-    camera: PinholeCamera
-    distortion_model: str
-    distortion: np.ndarray
-
-    @property
-    def distorted(self) -> bool:
-        return self.distortion.size > 0 and bool(np.any(self.distortion != 0))
-
-    def undistort(self, image: np.ndarray) -> np.ndarray:
-        """The image as the undistorted pinhole :attr:`camera` would see it."""
-        if not self.distorted:
-            return image
-        import cv2
-
-        K = self.camera.K
-        if self.distortion_model == "equidistant":
-            return cv2.fisheye.undistortImage(image, K, self.distortion[:4], Knew=K)
-        return cv2.undistort(image, K, self.distortion)
-
-
-def camera_from_info(msg) -> CameraModel:
-    """The pinhole camera of a ``sensor_msgs/CameraInfo``; raises ValueError when it is unusable."""
-    K = np.asarray(msg.k, dtype=np.float64).reshape(-1)
-    if K.size != 9 or not np.all(np.isfinite(K)) or K[0] <= 0 or K[4] <= 0:
-        raise ValueError(f"camera_info has no valid intrinsics (K = {K.tolist()})")
-    model = str(msg.distortion_model or "plumb_bob")
-    d = np.asarray(msg.d, dtype=np.float64).reshape(-1)
-    if d.size and np.any(d != 0) and model not in ("plumb_bob", "rational_polynomial", "equidistant"):
-        raise ValueError(f"camera_info distortion model {model!r} is not supported")
-    binning = max(int(msg.binning_x), 1), max(int(msg.binning_y), 1)
-    if binning != (1, 1) or int(msg.roi.width) > 0:
-        raise ValueError("camera_info with binning or a region of interest is not supported")
-    camera = PinholeCamera(float(K[0]), float(K[4]), float(K[2]), float(K[5]), int(msg.width), int(msg.height))
-    return CameraModel(camera, model, d)
 
 
 def pose_from_message(msg, msgtype: str) -> np.ndarray:
@@ -387,7 +95,8 @@ class Frame:
     problem: str = ""  # why the frame cannot be evaluated ("" when it can)
     raw: bytes | None = None  # the serialized message (for replay through a node)
     msgtype: str = ""
-    model: CameraModel | None = None  # the camera info's model, distortion included (with keep_raw)
+    model: CameraModel | None = None  # the camera model, distortion included
+    info_raw: bytes | None = None  # the serialized camera info used, when from the bag (with keep_raw)
     frame_id: str = ""
 
 
@@ -530,13 +239,13 @@ def read_frames(contents: BagContents, intrinsics: tuple[float, float, float, fl
     Camera info and ground truth are read first (small), then images are decoded one by one.
     Each image uses the camera info closest in time (they rarely change); ``intrinsics``
     (fx, fy, cx, cy) replace the bag's, at each image's size. A frame that cannot be used comes
-    with ``problem`` set and no image. ``keep_raw``: also keep the serialized message and the
-    camera model (for replay through the node).
+    with ``problem`` set and no image. ``keep_raw``: also keep the serialized image and camera
+    info messages (for replay through the node).
     """
     reader = _open_reader(contents.path)
     try:
         by_topic = {c.topic: c for c in reader.connections}
-        infos: list[tuple[int, CameraModel | str]] = []
+        infos: list[tuple[int, CameraModel | str, bytes]] = []
         gt_stamps, gt_poses = [], []
         side = [by_topic[t] for t in (contents.camera_info_topic, contents.gt_topic) if t in by_topic]
         if intrinsics is None and contents.camera_info_topic is None:
@@ -550,16 +259,16 @@ def read_frames(contents: BagContents, intrinsics: tuple[float, float, float, fl
                 continue
             if connection.topic == contents.camera_info_topic:
                 try:
-                    infos.append((stamp_ns(msg), camera_from_info(msg)))
+                    infos.append((stamp_ns(msg), camera_info_to_model(msg), bytes(raw)))
                 except ValueError as exc:
-                    infos.append((stamp_ns(msg), str(exc)))
+                    infos.append((stamp_ns(msg), str(exc), bytes(raw)))
             else:
                 gt_stamps.append(stamp_ns(msg))
                 gt_poses.append(pose_from_message(msg, connection.msgtype))
         if intrinsics is None and not infos:
             raise ValueError(f"{contents.path}: {contents.camera_info_topic} has no readable camera_info message; "
                              "give the intrinsics with --intrinsics FX,FY,CX,CY")
-        info_stamps = np.asarray([s for s, _ in infos], dtype=np.int64)
+        info_stamps = np.asarray([s for s, _, _ in infos], dtype=np.int64)
         truth = _GroundTruth(gt_stamps, gt_poses)
         image_connections = [c for c in reader.connections if c.topic == contents.image_topic]
         for index, (connection, timestamp, raw) in enumerate(reader.messages(connections=image_connections)):
@@ -574,16 +283,17 @@ def read_frames(contents: BagContents, intrinsics: tuple[float, float, float, fl
             frame.frame_id = str(msg.header.frame_id)
             frame.T_gt = truth.at(frame.stamp_ns)
             try:
-                image = decode_image(msg, connection.msgtype)
-            except UnusableImage as exc:
+                image = message_to_rgb(msg)
+            except ValueError as exc:
                 frame.problem = str(exc)
                 yield frame
                 continue
             h, w = image.shape[:2]
+            info_raw = None
             if intrinsics is not None:
-                model = CameraModel(PinholeCamera(*intrinsics, w, h), "plumb_bob", np.zeros(0))
+                model = CameraModel(PinholeCamera(*intrinsics, w, h), frame_id=frame.frame_id)
             else:
-                model = infos[int(np.argmin(np.abs(info_stamps - frame.stamp_ns)))][1]
+                _, model, info_raw = infos[int(np.argmin(np.abs(info_stamps - frame.stamp_ns)))]
                 if isinstance(model, str):
                     frame.problem = f"unusable camera_info: {model}"
                     yield frame
@@ -595,8 +305,9 @@ def read_frames(contents: BagContents, intrinsics: tuple[float, float, float, fl
                 continue
             frame.image = model.undistort(image)
             frame.camera = model.camera
+            frame.model = model
             if keep_raw:
-                frame.model = model
+                frame.info_raw = info_raw
             yield frame
     finally:
         reader.close()

@@ -27,6 +27,8 @@ from collections.abc import Sequence
 
 import numpy as np
 
+from gsvisloc_ros.camera import rotation_error_deg
+
 #: (fraction of the scene scale, degrees): recall thresholds for scenes in arbitrary units.
 RELATIVE_THRESHOLDS: tuple[tuple[float, float], ...] = ((0.01, 1.0), (0.02, 2.0), (0.05, 5.0))
 #: (map units taken as metres, degrees): the usual absolute thresholds (7-Scenes style).
@@ -49,21 +51,9 @@ def translation_error(T_est, T_gt) -> float:
     return float(np.linalg.norm(_pose(T_est)[:3, 3] - _pose(T_gt)[:3, 3]))
 
 
-def rotation_error_deg(T_est, T_gt) -> float:
-    """Angle of ``R_est R_gt^T`` in degrees, in [0, 180].
-
-    Computed with ``atan2`` of the skew and symmetric parts, so that it stays accurate for tiny
-    angles (where ``arccos`` of the trace loses half the digits).
-    """
-    R = _pose(T_est)[:3, :3] @ _pose(T_gt)[:3, :3].T
-    sin = 0.5 * math.sqrt((R[2, 1] - R[1, 2]) ** 2 + (R[0, 2] - R[2, 0]) ** 2 + (R[1, 0] - R[0, 1]) ** 2)
-    cos = 0.5 * (np.trace(R) - 1.0)
-    return math.degrees(math.atan2(sin, cos))
-
-
 def pose_error(T_est, T_gt) -> tuple[float, float]:
     """(translation error in map units, rotation error in degrees) of two ``T_world_camera``."""
-    return translation_error(T_est, T_gt), rotation_error_deg(T_est, T_gt)
+    return translation_error(T_est, T_gt), rotation_error_deg(_pose(T_est), _pose(T_gt))
 
 
 def scene_scale(T_world_camera, centre) -> float:

@@ -1,4 +1,4 @@
-"""Figures of a replay evaluation (matplotlib, Agg backend: no display needed).
+"""Figures of an evaluation (matplotlib, Agg backend: no display needed; contact sheets with OpenCV).
 
 * ``trajectory_top.png``: top view (x, y in the map frame) of the true camera path and the
   estimates, over the map's Gaussians; estimates within the (2 % of scale, 2 deg) threshold in
@@ -6,11 +6,14 @@
 * ``errors_over_time.png``: translation and rotation error per frame (log scale) with the
   thresholds; frames without a pose marked along the bottom.
 * ``error_cdf.png``: cumulative distribution of the translation error (% of the scene scale)
-  and of the rotation error, failures counted as infinite errors.
+  and of the rotation error, failures counted as infinite errors (:func:`plot_error_cdfs`, which
+  the localize benchmark draws its curves with too).
+* :func:`contact_sheet`: a grid of captioned query thumbnails.
 """
 
 from __future__ import annotations
 
+import math
 from pathlib import Path
 
 import numpy as np
@@ -126,33 +129,53 @@ def plot_errors_over_time(outcomes, centre, path: Path, threshold=(0.02, 2.0)) -
     return path
 
 
-def plot_error_cdf(outcomes, centre, path: Path, threshold=(0.02, 2.0)) -> Path:
+def plot_error_cdfs(curves: dict, path: Path, title: str, marks: tuple[float, float] | None = None) -> Path:
+    """Cumulative distributions of translation errors (% of the scene scale) and rotation errors (deg).
+
+    ``curves``: label -> (translation errors, rotation errors, matplotlib line style), one value per
+    frame or query; a failure is None, NaN or infinite and never counts as within any error.
+    ``marks``: thresholds (%, deg) drawn as dashed lines. Used by bag evaluation and the localize
+    benchmark alike.
+    """
     plt = _pyplot()
-    e = frame_errors(outcomes, centre)
-    with np.errstate(divide="ignore", invalid="ignore"):
-        relative = 100.0 * e["translation"] / e["scale"]
-    fig, (ax_t, ax_r) = plt.subplots(1, 2, figsize=(9, 3.8), dpi=110)
-    for ax, values, label, mark in ((ax_t, relative, "translation error (% of scene scale)", 100 * threshold[0]),
-                                    (ax_r, e["rotation"], "rotation error (deg)", threshold[1])):
-        finite = values[np.isfinite(values)]
+    fig, axes = plt.subplots(1, 2, figsize=(10, 4), dpi=110)
+    labels = ("translation error (% of scene scale)", "rotation error (deg)")
+    for column, (ax, label) in enumerate(zip(axes, labels, strict=True)):
+        series = {name: np.asarray([np.nan if v is None else v for v in c[column]], dtype=float)
+                  for name, c in curves.items()}
+        finite = np.concatenate([v[np.isfinite(v)] for v in series.values()] + [np.zeros(0)])
+        mark = marks[column] if marks else None
         lo = max(float(finite.min()) / 2, 1e-5) if len(finite) else 1e-3
-        hi = max(float(finite.max()) * 2, mark * 2) if len(finite) else 10.0
-        grid = np.geomspace(min(lo, mark / 10), hi, 300)
-        ax.semilogx(grid, 100 * error_cdf(values, grid), color=TRUTH, lw=1.8)
-        ax.axvline(mark, ls="--", color="0.4", lw=1, label=f"{mark:g}{' %' if ax is ax_t else ' deg'}")
-        ax.legend(loc="lower right", fontsize=8)
+        hi = max(float(finite.max()) * 2, 2 * (mark or 0.0), 10 * lo) if len(finite) else 10.0
+        grid = np.geomspace(min(lo, mark / 10) if mark else lo, hi, 300)
+        for (name, values), style in zip(series.items(), (c[2] for c in curves.values()), strict=True):
+            ax.semilogx(grid, 100 * error_cdf(values, grid), style, lw=1.8, label=name or None,
+                        color=TRUTH if len(curves) == 1 else None)
+        if mark:
+            ax.axvline(mark, ls="--", color="0.4", lw=1, label=f"{mark:g}{' %' if column == 0 else ' deg'}")
+        if mark or any(curves):
+            ax.legend(loc="lower right", fontsize=8)
         ax.set_xlabel(label)
         ax.set_ylim(0, 102)
         ax.grid(alpha=0.3, which="both")
-        if not len(values):
+        if not len(finite) and not any(len(v) for v in series.values()):
             _no_ground_truth(ax)
-    ax_t.set_ylabel("frames below (%)")
-    fig.suptitle(f"Cumulative error distribution ({len(e['rows'])} frames with ground truth; failures count as "
-                 "infinite)", fontsize=10)
+    axes[0].set_ylabel("within the error (%)")
+    fig.suptitle(title, fontsize=10)
     fig.tight_layout()
     fig.savefig(path)
     plt.close(fig)
     return path
+
+
+def plot_error_cdf(outcomes, centre, path: Path, threshold=(0.02, 2.0)) -> Path:
+    """The error CDF of a replay's frames (failures count as infinite)."""
+    e = frame_errors(outcomes, centre)
+    with np.errstate(divide="ignore", invalid="ignore"):
+        relative = 100.0 * e["translation"] / e["scale"]
+    return plot_error_cdfs({"": (relative, e["rotation"], "-")}, path,
+                           f"Cumulative error distribution ({len(e['rows'])} frames with ground truth; "
+                           "failures count as infinite)", (100 * threshold[0], threshold[1]))
 
 
 def make_plots(outcomes, centre, out_dir: Path, gmap=None) -> dict[str, Path]:
@@ -164,3 +187,38 @@ def make_plots(outcomes, centre, out_dir: Path, gmap=None) -> dict[str, Path]:
         "errors_over_time": plot_errors_over_time(outcomes, centre, out_dir / "errors_over_time.png"),
         "error_cdf": plot_error_cdf(outcomes, centre, out_dir / "error_cdf.png"),
     }
+
+
+#: Tag abbreviations on contact sheets.
+SHORT_TAGS = {"brightness_contrast": "bright/contr", "gaussian_blur": "blur", "gaussian_noise": "noise"}
+
+
+def contact_sheet(
+    queries: list, columns: int = 4, width: int = 320, labels: list[str] | None = None
+) -> np.ndarray:
+    """A grid of query thumbnails (uint8 RGB), each captioned with its name and tags (or ``labels``)."""
+    import cv2
+
+    if not queries:
+        return np.zeros((8, 8, 3), np.uint8)
+    thumbs = []
+    for k, q in enumerate(queries):
+        h = round(q.image.shape[0] * width / q.image.shape[1])
+        thumb = cv2.resize(
+            q.image if q.image.ndim == 3 else np.repeat(q.image[..., None], 3, 2),
+            (width, h),
+            interpolation=cv2.INTER_AREA,
+        )
+        text = labels[k] if labels else f"{q.name} {' '.join(q.tags)}"
+        lines = [" ".join(SHORT_TAGS.get(w, w) for w in line.split(" ")) for line in text.split("\n")]
+        cv2.rectangle(thumb, (0, 0), (width, 4 + 14 * len(lines)), (0, 0, 0), -1)
+        for i, line in enumerate(lines):
+            cv2.putText(thumb, line, (3, 13 + 14 * i), cv2.FONT_HERSHEY_SIMPLEX, 0.4, (255, 255, 255), 1, cv2.LINE_AA)
+        thumbs.append(thumb)
+    h = max(t.shape[0] for t in thumbs)
+    rows = math.ceil(len(thumbs) / columns)
+    sheet = np.zeros((rows * (h + 4), columns * (width + 4), 3), np.uint8)
+    for k, t in enumerate(thumbs):
+        r, c = divmod(k, columns)
+        sheet[r * (h + 4) : r * (h + 4) + t.shape[0], c * (width + 4) : c * (width + 4) + width] = t
+    return sheet

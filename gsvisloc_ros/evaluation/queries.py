@@ -35,7 +35,9 @@ from dataclasses import dataclass, field
 
 import numpy as np
 
-from gsvisloc_ros.camera import PinholeCamera, invert_pose, look_at
+from gsvisloc_ros.camera import PinholeCamera, default_camera, invert_pose, look_at, turned
+from gsvisloc_ros.evaluation.negatives import negative_image
+from gsvisloc_ros.evaluation.perturbations import perturb
 from gsvisloc_ros.gaussians import GaussianMap
 from gsvisloc_ros.render import render
 from gsvisloc_ros.scene import SceneConfig, SceneGeometry, analyse_geometry, virtual_views
@@ -141,137 +143,7 @@ class Query:
         }
 
 
-def default_camera(width: int = 640, height: int = 480) -> PinholeCamera:
-    """525 px focal length per 640 px of width (63 degrees horizontal), centred principal point."""
-    f = 525.0 * width / 640.0
-    return PinholeCamera(f, f, (width - 1) / 2.0, (height - 1) / 2.0, width, height)
-
-
-# ------------------------------------------------------------------------ photometric changes
-
-
-def adjust_gamma(image: np.ndarray, gamma: float) -> np.ndarray:
-    """``255 (x / 255) ** gamma``: gamma > 1 darkens the mid-tones, < 1 brightens them."""
-    x = image.astype(np.float32) / 255.0
-    return np.clip(np.rint(255.0 * np.power(x, gamma)), 0, 255).astype(np.uint8)
-
-
-def adjust_brightness_contrast(image: np.ndarray, brightness: float, contrast: float) -> np.ndarray:
-    """``(x - 127.5) * contrast + 127.5 + brightness`` (grey levels), clipped."""
-    x = (image.astype(np.float32) - 127.5) * contrast + 127.5 + brightness
-    return np.clip(np.rint(x), 0, 255).astype(np.uint8)
-
-
-def gaussian_blur(image: np.ndarray, sigma: float) -> np.ndarray:
-    """Gaussian blur with standard deviation ``sigma`` pixels (defocus, motion-free)."""
-    import cv2
-
-    return cv2.GaussianBlur(image, (0, 0), sigmaX=float(sigma), sigmaY=float(sigma))
-
-
-def gaussian_noise(image: np.ndarray, sigma: float, rng: np.random.Generator) -> np.ndarray:
-    """Additive Gaussian noise of ``sigma`` grey levels per pixel and channel (sensor noise)."""
-    x = image.astype(np.float32) + rng.normal(0.0, sigma, image.shape).astype(np.float32)
-    return np.clip(np.rint(x), 0, 255).astype(np.uint8)
-
-
-def jpeg(image: np.ndarray, quality: int) -> np.ndarray:
-    """JPEG round trip at ``quality`` (OpenCV; RGB in and out)."""
-    import cv2
-
-    ok, data = cv2.imencode(".jpg", np.ascontiguousarray(image[..., ::-1]), [cv2.IMWRITE_JPEG_QUALITY, int(quality)])
-    if not ok:
-        raise RuntimeError("OpenCV could not encode the image as JPEG")
-    return cv2.imdecode(data, cv2.IMREAD_COLOR)[..., ::-1].copy()
-
-
-def perturb(image: np.ndarray, rng: np.random.Generator) -> tuple[np.ndarray, list[dict]]:
-    """Random photometric changes, at least one, applied in a fixed order (as a camera would).
-
-    Each is drawn with its own probability: gamma 0.7-1.4, brightness +-25 and contrast
-    0.75-1.25, blur sigma 0.6-1.3 px, noise sigma 3-8 grey levels, JPEG quality 60-85.
-    Returns the image and what was applied (``[{"type": ..., parameters}]``).
-    """
-    names = ("gamma", "brightness_contrast", "gaussian_blur", "gaussian_noise", "jpeg")
-    chosen = rng.random(len(names)) < np.array([0.35, 0.55, 0.35, 0.5, 0.6])
-    if not chosen.any():
-        chosen[rng.integers(len(names))] = True
-    applied = []
-    for name, use in zip(names, chosen, strict=True):
-        if not use:
-            continue
-        if name == "gamma":
-            p = {"gamma": round(float(rng.uniform(0.7, 1.4)), 4)}
-            image = adjust_gamma(image, **p)
-        elif name == "brightness_contrast":
-            p = {
-                "brightness": round(float(rng.uniform(-25, 25)), 2),
-                "contrast": round(float(rng.uniform(0.75, 1.25)), 4),
-            }
-            image = adjust_brightness_contrast(image, **p)
-        elif name == "gaussian_blur":
-            p = {"sigma": round(float(rng.uniform(0.6, 1.3)), 3)}
-            image = gaussian_blur(image, **p)
-        elif name == "gaussian_noise":
-            p = {"sigma": round(float(rng.uniform(3.0, 8.0)), 3)}
-            image = gaussian_noise(image, p["sigma"], rng)
-        else:
-            p = {"quality": int(rng.integers(60, 86))}
-            image = jpeg(image, **p)
-        applied.append({"type": name, **p})
-    return image, applied
-
-
-# ------------------------------------------------------------------------ negatives
-
-
-def procedural_texture(rng: np.random.Generator, width: int, height: int) -> np.ndarray:
-    """A structured random image: multi-scale value noise, stripes and filled shapes.
-
-    Rendered at twice the size and cropped to a quarter of it, then upsampled: what a camera close
-    to an unknown textured surface would see.
-    """
-    import cv2
-
-    big_w, big_h = 2 * width, 2 * height
-    image = np.zeros((big_h, big_w, 3), np.float32)
-    for cells in (4, 12, 40):
-        grid = rng.uniform(-1, 1, (cells * big_h // big_w + 2, cells + 2, 3)).astype(np.float32)
-        image += cv2.resize(grid, (big_w, big_h), interpolation=cv2.INTER_CUBIC) * (90.0 / math.sqrt(cells))
-    image += rng.uniform(60, 190, 3).astype(np.float32)
-    yy, xx = np.mgrid[0:big_h, 0:big_w]
-    angle, period = rng.uniform(0, np.pi), rng.uniform(15, 60)
-    stripes = np.mod((xx * np.cos(angle) + yy * np.sin(angle)) / period, 1.0) < 0.25
-    image[stripes] = 0.6 * image[stripes] + 0.4 * rng.uniform(0, 255, 3)
-    image = np.clip(image, 0, 255).astype(np.uint8)
-    for _ in range(int(rng.integers(300, 600))):
-        colour = tuple(int(c) for c in rng.integers(0, 256, 3))
-        x, y = int(rng.integers(0, big_w)), int(rng.integers(0, big_h))
-        size = int(rng.integers(3, 30))
-        if rng.random() < 0.5:
-            cv2.circle(image, (x, y), size, colour, -1, lineType=cv2.LINE_AA)
-        else:
-            cv2.rectangle(image, (x, y), (x + size, y + int(rng.integers(3, 30))), colour, -1)
-    x0, y0 = int(rng.integers(0, big_w - width // 2)), int(rng.integers(0, big_h - height // 2))
-    crop = image[y0 : y0 + height // 2, x0 : x0 + width // 2]
-    return cv2.resize(crop, (width, height), interpolation=cv2.INTER_LINEAR)
-
-
-def noise_image(rng: np.random.Generator, width: int, height: int) -> np.ndarray:
-    """Blurred uniform noise: corners everywhere, structure nowhere (a detector's worst case)."""
-    import cv2
-
-    noise = rng.integers(0, 256, (height, width, 3), dtype=np.uint8)
-    return cv2.GaussianBlur(noise, (0, 0), float(rng.uniform(0.7, 2.0)))
-
-
-def _other_scene_view(scene: GaussianMap, camera: PinholeCamera, rng: np.random.Generator) -> np.ndarray:
-    """A view from inside the procedural room (:func:`make_scene` ``"room"``, z up), any direction."""
-    eye = rng.uniform([-0.8, -0.5, 0.9], [0.8, 0.5, 1.6])
-    azimuth, elevation = rng.uniform(0, 2 * np.pi), np.radians(rng.uniform(-35, 25))
-    d = np.array([np.cos(elevation) * np.cos(azimuth), np.cos(elevation) * np.sin(azimuth), np.sin(elevation)])
-    T = _rolled(look_at(eye, eye + d, (0.0, 0.0, 1.0)), rng.uniform(-15, 15))
-    return render(scene, camera, invert_pose(T), near=0.05).rgb_u8
+# ------------------------------------------------------------------------ negatives and positives
 
 
 def make_negative(index: int, seed: int, camera: PinholeCamera, other_scene: GaussianMap | None = None) -> Query:
@@ -281,31 +153,11 @@ def make_negative(index: int, seed: int, camera: PinholeCamera, other_scene: Gau
     kind = ("scene", "texture", "scene", "texture", "noise")[index % 5]
     if kind == "scene" and other_scene is None:
         kind = "texture"
-    if kind == "scene":
-        image = _other_scene_view(other_scene, camera, rng)
-    elif kind == "texture":
-        image = procedural_texture(rng, camera.width, camera.height)
-    else:
-        image = noise_image(rng, camera.width, camera.height)
+    image = negative_image(kind, rng, camera, other_scene)
     return Query(f"n{index:03d}", image, camera, None, None, "negative", ("negative", kind), [], {"source": kind})
 
 
 # ------------------------------------------------------------------------ positives
-
-
-def _rot(axis: int, degrees: float) -> np.ndarray:
-    c, s = math.cos(math.radians(degrees)), math.sin(math.radians(degrees))
-    i, j = [(1, 2), (2, 0), (0, 1)][axis]
-    R = np.eye(3)
-    R[i, i], R[i, j], R[j, i], R[j, j] = c, -s, s, c
-    return R
-
-
-def _rolled(T: np.ndarray, roll_deg: float, yaw_deg: float = 0.0, pitch_deg: float = 0.0) -> np.ndarray:
-    """``T`` turned in its own frame: yaw about y, pitch about x, then roll about the optical axis."""
-    T = T.copy()
-    T[:3, :3] = T[:3, :3] @ _rot(1, yaw_deg) @ _rot(0, pitch_deg) @ _rot(2, roll_deg)
-    return T
 
 
 def _horizontal_basis(up: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
@@ -326,7 +178,7 @@ def sample_pose(
         az, el = rng.uniform(0, 2 * np.pi), math.radians(rng.uniform(-20, 30))
         d = math.cos(el) * (math.cos(az) * e1 + math.sin(az) * e2) + math.sin(el) * up
         roll = rng.uniform(-config.close_roll, config.close_roll)
-        return _rolled(look_at(eye, eye + d, up), roll), {"roll_deg": roll}
+        return turned(look_at(eye, eye + d, up), roll), {"roll_deg": roll}
     close = category == "close"
     e1, e2 = _horizontal_basis(up)
     # Golden-angle azimuths spread any prefix of the queries around the map; jitter keeps them off a lattice.
@@ -348,7 +200,7 @@ def sample_pose(
         roll = rng.uniform(-config.orbit_roll, config.orbit_roll)
     if np.linalg.norm(target - eye) < 1e-6 * typical:
         target = centre
-    T = _rolled(look_at(eye, target, up), roll, yaw, pitch)
+    T = turned(look_at(eye, target, up), roll, yaw, pitch)
     drawn = {
         "azimuth_deg": math.degrees(azimuth),
         "elevation_deg": math.degrees(elevation),
@@ -473,7 +325,7 @@ def generate_queries(
     """``count`` positives of ``gmap`` and ``negatives`` negatives (in that order).
 
     Args:
-        camera: query camera (default :func:`default_camera`, 640x480).
+        camera: query camera (default :func:`~gsvisloc_ros.camera.default_camera`, 640x480).
         seed: everything is deterministic by it.
         config: sampling and acceptance settings.
         scene_config: the encoding's settings; the geometry and the virtual viewpoints to stay away
@@ -512,38 +364,3 @@ def generate_queries(
         for i in tqdm(range(negatives), desc="making negatives", unit="image", disable=not progress):
             queries.append(make_negative(i, seed, camera, negative_scene))
     return queries
-
-
-#: Tag abbreviations on contact sheets.
-SHORT_TAGS = {"brightness_contrast": "bright/contr", "gaussian_blur": "blur", "gaussian_noise": "noise"}
-
-
-def contact_sheet(
-    queries: list[Query], columns: int = 4, width: int = 320, labels: list[str] | None = None
-) -> np.ndarray:
-    """A grid of query thumbnails (uint8 RGB), each captioned with its name and tags (or ``labels``)."""
-    import cv2
-
-    if not queries:
-        return np.zeros((8, 8, 3), np.uint8)
-    thumbs = []
-    for k, q in enumerate(queries):
-        h = round(q.image.shape[0] * width / q.image.shape[1])
-        thumb = cv2.resize(
-            q.image if q.image.ndim == 3 else np.repeat(q.image[..., None], 3, 2),
-            (width, h),
-            interpolation=cv2.INTER_AREA,
-        )
-        text = labels[k] if labels else f"{q.name} {' '.join(q.tags)}"
-        lines = [" ".join(SHORT_TAGS.get(w, w) for w in line.split(" ")) for line in text.split("\n")]
-        cv2.rectangle(thumb, (0, 0), (width, 4 + 14 * len(lines)), (0, 0, 0), -1)
-        for i, line in enumerate(lines):
-            cv2.putText(thumb, line, (3, 13 + 14 * i), cv2.FONT_HERSHEY_SIMPLEX, 0.4, (255, 255, 255), 1, cv2.LINE_AA)
-        thumbs.append(thumb)
-    h = max(t.shape[0] for t in thumbs)
-    rows = math.ceil(len(thumbs) / columns)
-    sheet = np.zeros((rows * (h + 4), columns * (width + 4), 3), np.uint8)
-    for k, t in enumerate(thumbs):
-        r, c = divmod(k, columns)
-        sheet[r * (h + 4) : r * (h + 4) + t.shape[0], c * (width + 4) : c * (width + 4) + width] = t
-    return sheet

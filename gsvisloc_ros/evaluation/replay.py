@@ -3,7 +3,9 @@
 Two ways, with the same output (a list of :class:`FrameOutcome`):
 
 * :func:`replay_direct`: each frame straight into a :class:`~gsvisloc_ros.localizer.Localizer`
-  in this process (on one worker thread, as in the node). Latency is the wall time of ``localize()``.
+  in this process, tracked and gated by the node's own policy (:class:`~gsvisloc_ros.tracking.Tracker`,
+  odometry from the bag's TF), on one worker thread as in the node. Latency is the wall time of
+  the tracked localization.
 * :func:`replay_through_node`: each frame published with rclpy over DDS to the real ``gsvisloc``
   node (:mod:`gsvisloc_ros.ros.node`, run in this process so that discovery is immediate), its
   ``~/pose`` output collected. Frames are sent one at a time: the next only after the node
@@ -17,7 +19,6 @@ too, with ``problem`` set: they are reported, not localized, and do not stop the
 from __future__ import annotations
 
 import logging
-import os
 import time
 from dataclasses import dataclass
 
@@ -25,6 +26,7 @@ import numpy as np
 from tqdm import tqdm
 
 from gsvisloc_ros.evaluation.bags import BagContents, read_frames
+from gsvisloc_ros.tracking import Tracker, TrackingConfig
 
 log = logging.getLogger(__name__)
 
@@ -59,14 +61,41 @@ def _unusable(frame) -> FrameOutcome:
     return FrameOutcome(frame.index, frame.stamp_ns, frame.T_gt, usable=False, problem=frame.problem)
 
 
-def replay_direct(contents: BagContents, localizer, intrinsics=None, progress: bool = True) -> list[FrameOutcome]:
-    """Localize every frame of the bag with ``localizer`` (a :class:`~gsvisloc_ros.localizer.Localizer`)."""
+def replay_direct(contents: BagContents, localizer, intrinsics=None, progress: bool = True,
+                  tracking: TrackingConfig | None = None, odom_frame: str = "odom") -> list[FrameOutcome]:
+    """Localize every frame of the bag with ``localizer`` (a :class:`~gsvisloc_ros.localizer.Localizer`)
+    as the node does: through a :class:`~gsvisloc_ros.tracking.Tracker` (``tracking``: the node's
+    defaults), with odometry from the bag's ``/tf`` and ``/tf_static`` (``odom_frame`` -> the
+    image's frame at its stamp, else the latest, as the node looks it up). A pose the jump gate
+    holds back is a failure, as it is through the node. Latency: the wall time of the tracked
+    localization."""
     from concurrent.futures import ThreadPoolExecutor
 
-    def timed(image, camera):
+    from gsvisloc_ros.evaluation.bags import TF, raw_messages, typestore
+    from gsvisloc_ros.ros.compat import ShimBuffer, ShimTransformException
+
+    tracker = Tracker(tracking)
+    buffer = ShimBuffer()
+    store = typestore()
+    tf_topics = [t for t, (mt, _) in contents.topics.items() if mt == TF and t in ("/tf", "/tf_static")]
+    transforms = raw_messages(contents.path, tf_topics) if tf_topics else []
+    next_tf = 0
+
+    def odometry(camera_frame: str, stamp_ns: int) -> np.ndarray | None:
+        for when in (stamp_ns, 0):
+            try:
+                return buffer.matrix(odom_frame, camera_frame, when)
+            except ShimTransformException:
+                continue
+        return None
+
+    def timed(frame):
+        camera_frame = frame.frame_id or frame.model.frame_id
+        T_odom_camera = odometry(camera_frame, frame.stamp_ns) if odom_frame else None
         start = time.perf_counter()
-        result = localizer.localize(image, camera)
-        return result, 1000.0 * (time.perf_counter() - start)
+        tracked = tracker.localize(localizer, frame.image, frame.camera, frame.stamp_ns / 1e9, camera_frame,
+                                   T_odom_camera)
+        return tracked, 1000.0 * (time.perf_counter() - start)
 
     outcomes: list[FrameOutcome] = []
     bar = tqdm(total=contents.image_count, desc="localizing frames", unit="frame", disable=not progress)
@@ -77,13 +106,26 @@ def replay_direct(contents: BagContents, localizer, intrinsics=None, progress: b
         with ThreadPoolExecutor(max_workers=1, thread_name_prefix="gsvisloc-replay") as worker:
             for frame in read_frames(contents, intrinsics):
                 bar.update(1)
+                while next_tf < len(transforms) and transforms[next_tf][0] <= frame.stamp_ns:
+                    _, topic, msgtype, raw = transforms[next_tf]
+                    store_transform = buffer.set_transform_static if topic == "/tf_static" else buffer.set_transform
+                    for transform in store.deserialize_cdr(raw, msgtype).transforms:
+                        try:
+                            store_transform(transform)
+                        except ShimTransformException as exc:
+                            log.warning("ignored a transform: %s", exc)
+                    next_tf += 1
                 if frame.problem:
                     outcomes.append(_unusable(frame))
                     continue
-                result, latency = worker.submit(timed, frame.image, frame.camera).result()
-                outcomes.append(FrameOutcome(frame.index, frame.stamp_ns, frame.T_gt, success=result.success,
-                                             T_est=result.T_world_camera, failure_reason=result.failure_reason,
-                                             latency_ms=latency, num_inliers=result.num_inliers))
+                tracked, latency = worker.submit(timed, frame).result()
+                result = tracked.result
+                reason = (f"not localized: {result.failure_reason}{tracked.prior_note}" if not result.success
+                          else "" if tracked.trusted else tracked.note)
+                outcomes.append(FrameOutcome(frame.index, frame.stamp_ns, frame.T_gt, success=tracked.trusted,
+                                             T_est=result.T_world_camera if tracked.trusted else None,
+                                             failure_reason=reason, latency_ms=latency,
+                                             num_inliers=result.num_inliers))
                 bar.set_postfix(localized=f"{sum(o.success for o in outcomes)}/{len(outcomes)}", refresh=False)
     finally:
         bar.close()
@@ -92,7 +134,9 @@ def replay_direct(contents: BagContents, localizer, intrinsics=None, progress: b
 
 def node_available() -> tuple[bool, str]:
     """(whether the ROS node can be used for replay, the reason when it cannot)."""
-    ros_environment()  # before rclpy is imported
+    from gsvisloc_ros.ros import local_environment
+
+    local_environment()  # before rclpy is imported
     try:
         import rclpy  # noqa: F401
     except Exception as exc:  # the ROS wheels raise various errors when their libraries are missing
@@ -102,16 +146,6 @@ def node_available() -> tuple[bool, str]:
     except ImportError as exc:
         return False, f"the gsvisloc ROS node is not available yet ({exc})"
     return True, ""
-
-
-def ros_environment() -> None:
-    """Keep DDS on this machine unless the caller chose otherwise, and give ament_index a prefix."""
-    import sys
-
-    os.environ.setdefault("ROS_AUTOMATIC_DISCOVERY_RANGE", "LOCALHOST")
-    os.environ.setdefault("ROS_LOCALHOST_ONLY", "1")
-    if not os.environ.get("AMENT_PREFIX_PATH") and sys.prefix != sys.base_prefix:
-        os.environ["AMENT_PREFIX_PATH"] = sys.prefix
 
 
 def replay_through_node(contents: BagContents, localizer, intrinsics=None, progress: bool = True,
@@ -204,7 +238,6 @@ class _Replayer:
         self.pose_sub = self.node.create_subscription(PoseStamped, target.resolve_topic_name("~/pose"),
                                                       self._on_pose, 10)
         self.diag_sub = self.node.create_subscription(DiagnosticArray, "/diagnostics", self._on_diagnostics, 50)
-        self._CameraInfo = CameraInfo
 
     @staticmethod
     def _ns(stamp) -> int:
@@ -220,7 +253,7 @@ class _Replayer:
             values = {kv.key: kv.value for kv in status.values}
             self.state = values.get("state", self.state)
             self.camera_state = values.get("camera_info", self.camera_state)
-            if not status.message.startswith("localized"):
+            if values.get("status_code") != "localized":
                 self.failures[self._ns(msg.header.stamp)] = status.message
 
     def wait_until_ready(self, executor, timeout_s: float) -> None:
@@ -240,17 +273,13 @@ class _Replayer:
         self.tf_pubs[topic].publish(raw)
 
     def _camera_info(self, frame):
-        model = frame.model
-        c = model.camera
-        msg = self._CameraInfo()
+        """The bag's own camera info message (serialized), or one made from ``--intrinsics``."""
+        if frame.info_raw is not None:
+            return frame.info_raw
+        from gsvisloc_ros.ros.messages import camera_to_camera_info
+
+        msg = camera_to_camera_info(frame.model.camera, frame.frame_id)
         msg.header.stamp.sec, msg.header.stamp.nanosec = divmod(frame.stamp_ns, 1_000_000_000)
-        msg.header.frame_id = frame.frame_id
-        msg.width, msg.height = c.width, c.height
-        msg.distortion_model = model.distortion_model or "plumb_bob"
-        msg.d = [float(v) for v in model.distortion]
-        msg.k = [float(v) for v in c.K.reshape(-1)]
-        msg.r = [1.0, 0.0, 0.0, 0.0, 1.0, 0.0, 0.0, 0.0, 1.0]
-        msg.p = [float(v) for v in np.hstack([c.K, np.zeros((3, 1))]).reshape(-1)]
         return msg
 
     def localize(self, executor, frame, timeout_s: float) -> FrameOutcome:

@@ -64,14 +64,14 @@ def compute_metrics(outcomes, centre) -> dict:
     }
 
 
-def _fmt(value, digits: int = 3, scale: float = 1.0, unit: str = "") -> str:
-    if value is None:
-        return "n/a"
-    return f"{value * scale:.{digits}g}{unit}"
+def number(value, spec: str = ".3g", suffix: str = "", scale: float = 1.0) -> str:
+    """``value * scale`` written with the format ``spec`` and ``suffix``; "n/a" when there is none."""
+    return "n/a" if value is None else f"{value * scale:{spec}}{suffix}"
 
 
-def _pct(value) -> str:
-    return "n/a" if value is None else f"{100 * value:.1f} %"
+def percent(fraction) -> str:
+    """A fraction as a percentage with one decimal ("n/a" when there is none)."""
+    return number(fraction, ".1f", "%", 100.0)
 
 
 def summary_table(metrics: dict) -> list[tuple[str, str]]:
@@ -80,17 +80,17 @@ def summary_table(metrics: dict) -> list[tuple[str, str]]:
     latency = metrics.get("latency_ms") or {}
     return [
         ("frames (evaluated / in bag)", f"{metrics['evaluated']} / {metrics['frames']}"),
-        ("localized", _pct(metrics.get("localized_fraction"))),
-        ("median translation error", _fmt(metrics.get("median_translation"), 3, 100, " cm")
-         + f" ({_fmt(metrics.get('median_translation_pct_scale'), 3, 1, ' % of scale')})"),
-        ("median rotation error", _fmt(metrics.get("median_rotation_deg"), 3, 1, " deg")),
-        ("recall (1 % scale, 1 deg)", _pct(recall.get("1pct_1deg"))),
-        ("recall (2 % scale, 2 deg)", _pct(recall.get("2pct_2deg"))),
-        ("recall (5 % scale, 5 deg)", _pct(recall.get("5pct_5deg"))),
-        ("recall (5 cm, 5 deg)", _pct(recall.get("5cm_5deg"))),
-        ("recall (10 cm, 5 deg)", _pct(recall.get("10cm_5deg"))),
+        ("localized", percent(metrics.get("localized_fraction"))),
+        ("median translation error", number(metrics.get("median_translation"), ".3g", " cm", 100)
+         + f" ({number(metrics.get('median_translation_pct_scale'), '.3g', '% of scale')})"),
+        ("median rotation error", number(metrics.get("median_rotation_deg"), ".3g", " deg")),
+        ("recall (1 % scale, 1 deg)", percent(recall.get("1pct_1deg"))),
+        ("recall (2 % scale, 2 deg)", percent(recall.get("2pct_2deg"))),
+        ("recall (5 % scale, 5 deg)", percent(recall.get("5pct_5deg"))),
+        ("recall (5 cm, 5 deg)", percent(recall.get("5cm_5deg"))),
+        ("recall (10 cm, 5 deg)", percent(recall.get("10cm_5deg"))),
         ("wrong poses accepted", "n/a" if metrics.get("wrong_accepted") is None else str(metrics["wrong_accepted"])),
-        ("latency p50 / p90 / p99", " / ".join(_fmt(latency.get(k), 4, 1) for k in ("p50", "p90", "p99")) + " ms"),
+        ("latency p50 / p90 / p99", " / ".join(number(latency.get(k), ".4g") for k in ("p50", "p90", "p99")) + " ms"),
     ]
 
 
@@ -128,7 +128,7 @@ def write_report(out_dir: str | Path, outcomes, metrics: dict, context: dict, pl
         "",
         "Errors are measured on the frames that were decoded and have ground truth; a frame without a "
         "pose is a miss in the recall. The scene scale of a frame is its true camera's distance to the "
-        f"map's robust centre (mean here: {_fmt(metrics.get('mean_scene_scale'), 3)} map units). "
+        f"map's robust centre (mean here: {number(metrics.get('mean_scene_scale'))} map units). "
         "Wrong poses accepted: accepted estimates outside the loosest threshold "
         f"({metrics.get('wrong_threshold') or 'n/a'}). Latency: "
         + ("publishing the image to receiving the node's answer." if context.get("mode") == "node"

@@ -70,8 +70,9 @@ class StressView:
 
 def stress_views(localizer, config: StressConfig, camera: PinholeCamera | None = None) -> Iterator[StressView]:
     """The views of ``localizer``'s map that :func:`run_stress` localizes, rendered one at a time."""
+    from gsvisloc_ros.camera import default_camera
     from gsvisloc_ros.evaluation.queries import QueryConfig, generate_queries
-    from gsvisloc_ros.synthetic.trajectories import default_camera, make_trajectory
+    from gsvisloc_ros.synthetic.trajectories import make_trajectory
 
     gmap, scene = localizer.map, localizer.scene
     camera = camera or default_camera()
@@ -101,6 +102,7 @@ def run_stress(localizer, config: StressConfig, name: str = "", progress: bool =
         result = localizer.localize(view.image, view.camera)
         row = {"map": name, "group": view.group, "index": view.index, "positive": view.T_world_camera is not None,
                "success": bool(result.success), "failure_reason": result.failure_reason or None,
+               "weak_geometry": result.weak_geometry,
                "num_inliers": result.num_inliers, "total_ms": round(1000.0 * (time.perf_counter() - start), 1),
                "geometry": None if result.geometry is None else result.geometry.to_dict(),
                "translation_error": None, "rotation_error_deg": None, "scale": None, "wrong": False,
@@ -139,7 +141,7 @@ def summarise_stress(rows: list[dict]) -> dict:
             "negatives_accepted": sum(r["success"] for r in chosen if not r["positive"]),
             "localized_fraction": s["localized_fraction"],
             "recall": s["recall"],
-            "refused_weak_geometry": sum("weak geometry" in (r["failure_reason"] or "") for r in chosen),
+            "refused_weak_geometry": sum(r["weak_geometry"] for r in chosen),
             "median_ms": float(np.median([r["total_ms"] for r in chosen])) if chosen else None,
         }
 

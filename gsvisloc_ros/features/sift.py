@@ -19,7 +19,7 @@ import numpy as np
 from .base import MIN_IMAGE_SIDE, Features, check_image, to_gray
 
 
-@dataclass
+@dataclass(frozen=True)
 class SiftConfig:
     """Settings of the SIFT encoder.
 

@@ -35,7 +35,7 @@ ALIGN = 32  # the network needs image sides divisible by 32
 CELL_OFFSET = (STRIDE - 1) / 2.0  # pixel position of cell 0: centre of pixels 0..7
 
 
-@dataclass
+@dataclass(frozen=True)
 class XFeatConfig:
     """Settings of the XFeat encoder.
 

@@ -33,6 +33,7 @@ __all__ = [
     "BackendUnavailableError",
     "RenderResult",
     "available_backends",
+    "backend_for_device",
     "cuda_available",
     "render",
     "resolve_backend",
@@ -97,6 +98,17 @@ def resolve_backend(backend: str = "auto") -> str:
         if not ok:
             raise BackendUnavailableError(f"render backend 'cuda' is not available: {reason}; use 'cpu'")
     return backend
+
+
+def backend_for_device(device: str) -> str:
+    """The render backend of a torch device setting: ``"cpu"`` renders on the CPU, ``"cuda"``
+    (or ``"cuda:N"``) with gsplat, ``"auto"`` where :func:`resolve_backend` picks."""
+    device = str(device)
+    if device in ("auto", "cpu"):
+        return device
+    if device == "cuda" or device.startswith("cuda:"):
+        return "cuda"
+    raise ValueError(f"unknown device {device!r}: use auto, cpu or cuda")
 
 
 def render(

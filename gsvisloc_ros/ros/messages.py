@@ -1,5 +1,9 @@
 """Conversions between ROS messages and the numpy types of the localization core.
 
+Decoding (images, camera infos) reads only the messages' fields and imports no ROS package, so
+the same functions serve the node (rclpy messages) and bag evaluation (``rosbags`` messages);
+building messages needs the message packages, not rclpy.
+
 Images (``sensor_msgs/Image`` and ``CompressedImage``) become uint8 RGB or grey arrays, the input
 :meth:`Localizer.localize <gsvisloc_ros.localizer.Localizer.localize>` takes:
 
@@ -249,73 +253,15 @@ def rgb_to_compressed(image: np.ndarray, fmt: str = "jpeg", header=None, quality
     return msg
 
 
-class ImageBridge:
-    """The subset of ``cv_bridge.CvBridge`` the package uses, for installs without cv_bridge.
+def message_to_rgb(msg) -> np.ndarray:
+    """An ``Image`` or ``CompressedImage`` as uint8 RGB or grey, by this module's rules.
 
-    Arrays follow cv_bridge: ``passthrough`` returns the stored layout; ``bgr8``/``rgb8``/``mono8``
-    convert. :data:`CvBridge` is the real ``cv_bridge.CvBridge`` when it imports, else this class.
-    """
-
-    def imgmsg_to_cv2(self, msg, desired_encoding: str = "passthrough") -> np.ndarray:
-        pixels, layout = image_to_array(msg)
-        if desired_encoding == "passthrough":
-            return pixels
-        return _convert_rgb(_to_rgb_or_grey(pixels, layout), desired_encoding)
-
-    def cv2_to_imgmsg(self, cvim: np.ndarray, encoding: str = "passthrough", header=None):
-        cvim = np.asarray(cvim)
-        if encoding == "passthrough":
-            encoding = "mono8" if cvim.ndim == 2 else "bgr8"
-        if encoding == "bgr8":  # the array is in OpenCV order already
-            return rgb_to_image(cvim[:, :, ::-1] if cvim.ndim == 3 else cvim, "bgr8", header)
-        return rgb_to_image(cvim, encoding, header)
-
-    def compressed_imgmsg_to_cv2(self, msg, desired_encoding: str = "passthrough") -> np.ndarray:
-        rgb = compressed_to_rgb(msg)
-        if desired_encoding == "passthrough":
-            return rgb if rgb.ndim == 2 else np.ascontiguousarray(rgb[:, :, ::-1])  # OpenCV order, as cv_bridge
-        return _convert_rgb(rgb, desired_encoding)
-
-    def cv2_to_compressed_imgmsg(self, cvim: np.ndarray, dst_format: str = "jpg"):
-        cvim = np.asarray(cvim)
-        rgb = cvim if cvim.ndim == 2 else cvim[:, :, 2::-1]
-        return rgb_to_compressed(rgb, "png" if dst_format == "png" else "jpeg")
-
-
-def _convert_rgb(rgb: np.ndarray, desired: str) -> np.ndarray:
-    if desired == "rgb8":
-        return rgb if rgb.ndim == 3 else np.repeat(rgb[:, :, None], 3, axis=2)
-    if desired == "bgr8":
-        return np.ascontiguousarray((rgb if rgb.ndim == 3 else np.repeat(rgb[:, :, None], 3, axis=2))[:, :, ::-1])
-    if desired == "mono8":
-        return rgb if rgb.ndim == 2 else np.rint(rgb @ np.array([0.299, 0.587, 0.114])).astype(np.uint8)
-    raise ImageConversionError(f"cannot convert to {desired!r}: use rgb8, bgr8, mono8 or passthrough")
-
-
-try:  # a real ROS install: the distribution's cv_bridge
-    from cv_bridge import CvBridge  # type: ignore[import-not-found]
-
-    HAVE_CV_BRIDGE = True
-except Exception:  # noqa: BLE001 - missing, or the broken ROS 1 wheel from PyPI
-    CvBridge = ImageBridge
-    HAVE_CV_BRIDGE = False
-
-
-def message_to_rgb(msg, bridge=None) -> np.ndarray:
-    """An ``Image`` or ``CompressedImage`` as uint8 RGB or grey, checked by this module's rules.
-
-    The encoding is always checked here (so refusals read the same everywhere); the pixel
-    conversion of raw images goes through ``bridge`` (a ``CvBridge``) when one is given.
+    The one image decoder of the package: the node and bag evaluation both call it, with rclpy's
+    or rosbags' messages (it reads only the messages' fields).
     """
     if hasattr(msg, "format") and not hasattr(msg, "encoding"):
         return compressed_to_rgb(msg)
-    pixels, layout = image_to_array(msg)
-    if bridge is not None and not isinstance(bridge, ImageBridge) and layout in ("rgb", "bgr", "rgba", "bgra"):
-        try:
-            return np.ascontiguousarray(bridge.imgmsg_to_cv2(msg, desired_encoding="rgb8"))
-        except Exception:  # noqa: BLE001 - fall back to the checked conversion below
-            pass
-    return _to_rgb_or_grey(pixels, layout)
+    return image_to_rgb(msg)
 
 
 # ----------------------------------------------------------------------------- camera models

@@ -21,8 +21,9 @@ topic / service                    type                                    notes
                                                                            transient-local
 ``~/rendered``                     sensor_msgs/Image                       the map rendered at the accepted pose
                                                                            (only when subscribed)
-``/diagnostics``                   diagnostic_msgs/DiagnosticArray         status, latency, inliers, drops,
-                                                                           last failure
+``/diagnostics``                   diagnostic_msgs/DiagnosticArray         status (``status_code``: a key of
+                                                                           :data:`STATUS_CODES`), latency,
+                                                                           inliers, drops, last failure
 ``/tf``                            tf2_msgs/TFMessage                      map -> odom (post-dated), else
                                                                            map -> base or camera
 ``~/trigger_localization``         std_srvs/Trigger                        ``on_demand``: localize the next frame
@@ -35,14 +36,14 @@ Work model: subscription callbacks never block. The newest frame waits in a slot
 replaced before the worker took it is dropped and counted. One worker thread converts, undistorts
 and localizes; the map loads in its own thread, so the node comes up at once and reports
 "loading" in the diagnostics. Within ``track_timeout`` of an accepted fix, frames are localized from
-it (moved by odometry when odom -> camera is in TF): the localizer's tracking mode. A pose is
-published only when the localizer accepted it and the jump gate (:class:`JumpGate`) let it through.
+it (moved by odometry when odom -> camera is in TF) and a pose is published only when the
+localizer accepted it and the jump gate let it through: both decided by
+:class:`~gsvisloc_ros.tracking.Tracker`, the policy bag replay shares.
 Bad input never stops the node: the reason goes to the diagnostics.
 """
 
 from __future__ import annotations
 
-import copy
 import dataclasses
 import sys
 import threading
@@ -62,11 +63,17 @@ from sensor_msgs.msg import CameraInfo, CompressedImage, Image, PointCloud2
 from std_msgs.msg import Header
 from std_srvs.srv import Trigger
 
-from gsvisloc_ros.camera import invert_pose, pose_errors
+from gsvisloc_ros.camera import invert_pose
 from gsvisloc_ros.ros import params as P
+from gsvisloc_ros.ros.compat import (
+    Buffer,
+    TransformBroadcaster,
+    TransformException,
+    TransformListener,
+    lookup_matrix,
+)
 from gsvisloc_ros.ros.messages import (
     CameraInfoError,
-    CvBridge,
     ImageConversionError,
     camera_info_to_model,
     covariance_for_attached_frame,
@@ -78,13 +85,7 @@ from gsvisloc_ros.ros.messages import (
     pose_to_matrix,
     rgb_to_image,
 )
-from gsvisloc_ros.ros.tf import (
-    Buffer,
-    TransformBroadcaster,
-    TransformException,
-    TransformListener,
-    lookup_matrix,
-)
+from gsvisloc_ros.tracking import Tracker
 
 #: Rotation from a REP-103 body frame (x forward, z up) to an optical frame (z forward, y down):
 #: used for an /initialpose hint when base -> camera is not in TF (camera at the base, looking ahead).
@@ -96,59 +97,11 @@ PATH_LENGTH = 1000
 FALLBACK_COVARIANCE = np.diag([1.0, 1.0, 1.0, 0.1, 0.1, 0.1])
 
 OK, WARN, ERROR = DiagnosticStatus.OK, DiagnosticStatus.WARN, DiagnosticStatus.ERROR
-
-
-class JumpGate:
-    """Rejects implausible jumps between consecutive accepted poses.
-
-    A pose whose image stamp is within ``window`` seconds of the last accepted pose, and that is
-    farther than ``max_translation`` (map units) or turned more than ``max_rotation_deg`` from it,
-    is a *jump*: it is held back. It is accepted once ``confirmations`` consecutive jumping fixes
-    agree with each other (each within the same limits of the one before), i.e. the camera really
-    is somewhere else; a fix close to the last accepted pose clears the held-back ones. Beyond the
-    window (or after :meth:`reset`, e.g. on /initialpose or a new map) any pose is accepted. A zero
-    limit disables that check; ``confirmations`` 1 accepts jumps at once.
-    """
-
-    def __init__(self, max_translation: float, max_rotation_deg: float, window: float, confirmations: int) -> None:
-        self.max_translation = max_translation
-        self.max_rotation_deg = max_rotation_deg
-        self.window = window
-        self.confirmations = max(1, int(confirmations))
-        self.reset()
-
-    def reset(self) -> None:
-        self._last: np.ndarray | None = None
-        self._last_time = 0.0
-        self._pending: list[np.ndarray] = []
-
-    def _jump(self, T_a: np.ndarray, T_b: np.ndarray) -> tuple[bool, float, float]:
-        moved, turned = pose_errors(T_a, T_b)
-        too_far = self.max_translation > 0 and moved > self.max_translation
-        too_turned = self.max_rotation_deg > 0 and turned > self.max_rotation_deg
-        return too_far or too_turned, moved, turned
-
-    def check(self, T: np.ndarray, stamp: float) -> tuple[bool, str]:
-        """(accept, reason). Accepting records ``T`` as the last accepted pose."""
-        if self._last is None or not 0.0 <= stamp - self._last_time <= self.window:
-            return self._accept(T, stamp, "")
-        jump, moved, turned = self._jump(T, self._last)
-        if not jump:
-            return self._accept(T, stamp, "")
-        if self._pending and not self._jump(T, self._pending[-1])[0]:
-            self._pending.append(T)
-        else:
-            self._pending = [T]
-        if len(self._pending) >= self.confirmations:
-            return self._accept(T, stamp, f"jump of {moved:.3g} / {turned:.3g} deg confirmed by "
-                                          f"{len(self._pending)} consistent fixes")
-        return False, (f"jump rejected: {moved:.3g} map units / {turned:.3g} deg from the pose accepted "
-                       f"{stamp - self._last_time:.2f} s earlier (limits {self.max_translation:g} / "
-                       f"{self.max_rotation_deg:g} deg); {len(self._pending)}/{self.confirmations} confirmations")
-
-    def _accept(self, T: np.ndarray, stamp: float, note: str) -> tuple[bool, str]:
-        self._last, self._last_time, self._pending = np.array(T, dtype=float), stamp, []
-        return True, note
+#: The ``status_code`` value of the diagnostics (machine-readable; the message says it in words):
+#: the node's state, or what happened to the last frame.
+STATUS_CODES = ("starting", "loading", "ready", "map_error", "no_map", "internal_error", "bad_image",
+                "no_camera_info", "bad_camera_info", "bad_input", "not_localized", "weak_geometry", "jump_rejected",
+                "localized")
 
 
 @dataclass
@@ -176,6 +129,7 @@ class _Stats:
         self.last_inliers = 0
         self.last_rmse_px = float("nan")
         self.last_failure = ""
+        self.last_tracked = False
 
 
 class GsvislocNode(Node):
@@ -185,7 +139,7 @@ class GsvislocNode(Node):
         node_name: the node's name.
         localizer: an already built Localizer to use instead of loading ``map_path`` (tests,
             embedding); its acceptance thresholds are overridden by the node's parameters on a
-            shallow copy, the object passed in is not modified.
+            :meth:`~gsvisloc_ros.localizer.Localizer.variant`, the object passed in is not modified.
         gaussian_map: a map to encode instead of reading ``map_path`` (``map_to_frame`` applies).
         localizer_config: the LocalizerConfig to start from (``encoder``, ``device``, ``cache_dir``
             and the acceptance thresholds come from the parameters).
@@ -206,11 +160,9 @@ class GsvislocNode(Node):
         self._camera = None  # CameraModel, or a str saying why camera_info is unusable
         self._camera_key = None
         self._initialpose = None
-        # The last accepted fix: (stamp seconds, camera frame, T_map_camera, T_odom_camera or None).
-        self._last_fix: tuple[float, str, np.ndarray, np.ndarray | None] | None = None
         self._last_map_odom: tuple[np.ndarray, str] | None = None
         self._path = Path()
-        self._level, self._message = OK, "starting"
+        self._level, self._message, self._code = OK, "starting", "starting"
         self._map_state = "loading"
         self._map_info = ""
         self._tf_note = ""
@@ -220,11 +172,9 @@ class GsvislocNode(Node):
         self._base_config = localizer_config
         self._raw_localizer = None
         self._localizer = None  # the raw one with the node's acceptance thresholds
-        self._bridge = CvBridge()
 
         self._params = P.declare(self, on_change=self._on_parameters)
-        self._gate = JumpGate(self._params.max_jump_translation, self._params.max_jump_rotation_deg,
-                              self._params.max_jump_window, self._params.jump_confirmations)
+        self._tracker = Tracker(self._params.tracking())
 
         latched = QoSProfile(depth=1, reliability=ReliabilityPolicy.RELIABLE,
                              durability=DurabilityPolicy.TRANSIENT_LOCAL)
@@ -249,7 +199,7 @@ class GsvislocNode(Node):
 
         self._worker = threading.Thread(target=self._work, name="gsvisloc-worker", daemon=True)
         self._worker.start()
-        self._set_status(OK, "loading map")
+        self._set_status(OK, "loading", "loading map")
         self._start_loading()
         self._publish_diagnostics()  # "loading" at once, before the map is there
 
@@ -260,9 +210,8 @@ class GsvislocNode(Node):
         with self._lock:
             self._params = self._params.updated(changes)
         p = self._params
-        if {"max_jump_translation", "max_jump_rotation_deg", "max_jump_window", "jump_confirmations"} & set(changes):
-            self._gate.max_translation, self._gate.max_rotation_deg = p.max_jump_translation, p.max_jump_rotation_deg
-            self._gate.window, self._gate.confirmations = p.max_jump_window, p.jump_confirmations
+        if P.TRACKING & set(changes):
+            self._tracker.configure(p.tracking())
         if set(P.ACCEPTANCE_PARAMETERS) & set(changes) and self._raw_localizer is not None:
             self._localizer = self._with_thresholds(self._raw_localizer, p)
         if "use_compressed" in changes:
@@ -294,22 +243,20 @@ class GsvislocNode(Node):
 
     @staticmethod
     def _with_thresholds(localizer, p: P.NodeParams):
-        """A shallow copy of ``localizer`` whose acceptance thresholds are the parameters'."""
-        view = copy.copy(localizer)
+        """A variant of ``localizer`` (sharing its encoded scene) with the parameters' acceptance thresholds."""
         acceptance = dataclasses.replace(
             localizer.config.acceptance, min_inliers=p.min_inliers, min_inlier_ratio=p.min_inlier_ratio,
             max_rmse_px=p.max_rmse_px, min_coverage=p.min_inlier_coverage or None,
             max_position_uncertainty=p.max_position_uncertainty or None,
             max_rotation_uncertainty_deg=p.max_rotation_uncertainty_deg or None)
-        view.config = dataclasses.replace(localizer.config, acceptance=acceptance)
-        return view
+        return localizer.variant(acceptance=acceptance)
 
     def _start_loading(self) -> None:
         with self._lock:
             self._generation += 1
             generation = self._generation
             self._map_state = "loading"
-            self._last_fix = None  # poses in the old map are no prior in the new one
+        self._tracker.reset()  # poses in the old map are no prior in the new one
         threading.Thread(target=self._load, args=(generation, self._params), name="gsvisloc-loader",
                          daemon=True).start()
 
@@ -323,7 +270,7 @@ class GsvislocNode(Node):
                 self.get_logger().warning("map_to_frame is ignored: the node was given a built Localizer")
         else:
             source = p.map_path if self._injected_map is None else "a map given to the node"
-            self._set_status(OK, f"loading map {source}")
+            self._set_status(OK, "loading", f"loading map {source}")
             try:
                 if self._injected_map is not None:
                     gmap = self._injected_map
@@ -344,7 +291,7 @@ class GsvislocNode(Node):
                         return
                     self._map_state, self._raw_localizer, self._localizer = "error", None, None
                 self._map_info = source
-                self._fail(ERROR, f"cannot load map {source}: {exc}", count=False)
+                self._fail(ERROR, "map_error", f"cannot load map {source}: {exc}", count=False)
                 self.get_logger().error(f"cannot load map {source}: {exc}")
                 return
         with self._wake:
@@ -354,10 +301,10 @@ class GsvislocNode(Node):
             self._localizer = self._with_thresholds(localizer, self._params)
             self._map_state = "ready"
             self._map_info = f"{source} ({len(localizer.map)} Gaussians)"
-            self._gate.reset()
+            self._tracker.reset()
             self._path.poses = []
             self._wake.notify_all()
-        self._set_status(OK, f"map ready: {self._map_info}, loaded in {time.monotonic() - start:.1f} s")
+        self._set_status(OK, "ready", f"map ready: {self._map_info}, loaded in {time.monotonic() - start:.1f} s")
         self.get_logger().info(f"map ready: {self._map_info}")
         self._publish_map_cloud(localizer.map, p)
         self._publish_diagnostics()
@@ -412,7 +359,7 @@ class GsvislocNode(Node):
     def _on_initialpose(self, msg: PoseWithCovarianceStamped) -> None:
         with self._lock:
             self._initialpose = msg
-            self._gate.reset()
+        self._tracker.reset()
         self.get_logger().info(f"initial pose received in frame {msg.header.frame_id!r}: prior of the next "
                                "localization")
 
@@ -447,12 +394,12 @@ class GsvislocNode(Node):
             try:
                 if localizer is None:
                     self._stats.dropped_no_map += 1
-                    self._fail(ERROR, f"frame dropped: no map ({self._message})", count=False,
+                    self._fail(ERROR, "no_map", f"frame dropped: no map ({self._message})", count=False,
                                stamp=frame.msg.header.stamp)
                     continue
                 self._process(frame, localizer)
             except Exception as exc:  # noqa: BLE001 - never let one frame stop the worker
-                self._fail(ERROR, f"internal error on a frame: {type(exc).__name__}: {exc}",
+                self._fail(ERROR, "internal_error", f"internal error on a frame: {type(exc).__name__}: {exc}",
                            stamp=getattr(frame.msg.header, "stamp", None))
                 self.get_logger().error(f"internal error on a frame: {exc!r}")
 
@@ -460,50 +407,51 @@ class GsvislocNode(Node):
         msg, p = frame.msg, self._params
         stamp = msg.header.stamp
         try:
-            image = message_to_rgb(msg, self._bridge)
+            image = message_to_rgb(msg)
         except ImageConversionError as exc:
-            return self._fail(ERROR, f"bad image: {exc}", stamp=stamp)
+            return self._fail(ERROR, "bad_image", f"bad image: {exc}", stamp=stamp)
         model = self._camera
         if model is None:
             topic = self.resolve_topic_name("camera_info")
-            return self._fail(WARN, f"no camera_info received yet on {topic}", stamp=stamp)
+            return self._fail(WARN, "no_camera_info", f"no camera_info received yet on {topic}", stamp=stamp)
         if isinstance(model, str):
-            return self._fail(ERROR, f"bad camera_info: {model}", stamp=stamp)
+            return self._fail(ERROR, "bad_camera_info", f"bad camera_info: {model}", stamp=stamp)
         h, w = image.shape[:2]
         if (w, h) != model.camera.size:
-            return self._fail(ERROR, f"bad input: the image is {w}x{h} but camera_info is for "
+            return self._fail(ERROR, "bad_input", f"bad input: the image is {w}x{h} but camera_info is for "
                                      f"{model.camera.width}x{model.camera.height}", stamp=stamp)
         camera_frame = p.camera_frame or msg.header.frame_id or model.frame_id
         if not camera_frame:
-            return self._fail(ERROR, "bad input: the image has no frame_id and camera_frame is not set", stamp=stamp)
+            return self._fail(ERROR, "bad_input", "bad input: the image has no frame_id and camera_frame is not set",
+                              stamp=stamp)
         image = model.undistort(image)
         prior, prior_note = self._take_prior(camera_frame, p)
-        seconds = Time.from_msg(stamp).nanoseconds / 1e9
-        if prior is None:
-            prior, prior_note = self._tracking_prior(camera_frame, stamp, seconds, p)
+        T_odom_camera = self._lookup(p.odom_frame, camera_frame, stamp) if p.odom_frame else None
 
         start = time.monotonic()
-        result = localizer.localize(image, model.camera, prior)
+        tracked = self._tracker.localize(localizer, image, model.camera, Time.from_msg(stamp).nanoseconds / 1e9,
+                                         camera_frame, T_odom_camera, prior, prior_note)
+        result, prior_note = tracked.result, tracked.prior_note
         self._stats.localized += 1
+        self._stats.last_tracked = tracked.from_track
         self._stats.last_localize_ms = 1000.0 * (time.monotonic() - start)
         self._stats.last_inliers = int(result.num_inliers)
         self._stats.last_rmse_px = float(result.reprojection_rmse_px)
         if not result.success:
             self._stats.not_localized += 1
-            return self._fail(WARN, f"not localized: {result.failure_reason}{prior_note}", stamp=stamp, count=False)
-        T_map_camera = np.asarray(result.T_world_camera, dtype=float)
-        with self._lock:
-            ok, note = self._gate.check(T_map_camera, Time.from_msg(stamp).nanoseconds / 1e9)
-        if not ok:
+            code = "weak_geometry" if result.weak_geometry else "not_localized"
+            return self._fail(WARN, code, f"not localized: {result.failure_reason}{prior_note}", stamp=stamp,
+                              count=False)
+        if not tracked.trusted:
             self._stats.jumps_rejected += 1
-            return self._fail(WARN, note, stamp=stamp, count=False)
+            return self._fail(WARN, "jump_rejected", tracked.note, stamp=stamp, count=False)
+        T_map_camera = np.asarray(result.T_world_camera, dtype=float)
         self._publish_fix(T_map_camera, result, camera_frame, stamp, model, p, localizer)
-        T_odom_camera = self._lookup(p.odom_frame, camera_frame, stamp, 0.0) if p.odom_frame else None
-        with self._lock:
-            self._last_fix = (seconds, camera_frame, T_map_camera, T_odom_camera)
         self._stats.accepted += 1
         self._stats.last_latency_ms = 1000.0 * (time.monotonic() - frame.received)
-        self._set_status(OK, f"localized: {result.num_inliers} inliers, rmse {result.reprojection_rmse_px:.2f} px"
+        note = tracked.note
+        self._set_status(OK, "localized",
+                         f"localized: {result.num_inliers} inliers, rmse {result.reprojection_rmse_px:.2f} px"
                          + (f"; {note}" if note else "") + prior_note + (f"; {self._tf_note}" if self._tf_note else ""))
         self._publish_diagnostics(stamp)
 
@@ -521,22 +469,6 @@ class GsvislocNode(Node):
             except Exception:  # noqa: BLE001 - a malformed transform in the buffer
                 return None
         return None
-
-    def _tracking_prior(self, camera_frame: str, stamp, seconds: float,
-                        p: P.NodeParams) -> tuple[np.ndarray | None, str]:
-        """The last accepted pose as the prior of this frame (moved by odometry when TF has it), if recent."""
-        with self._lock:
-            last = self._last_fix
-        if last is None or p.track_timeout <= 0:
-            return None, ""
-        when, frame, T_map_camera, T_odom_camera = last
-        if frame != camera_frame or abs(seconds - when) > p.track_timeout:
-            return None, ""
-        if T_odom_camera is not None:
-            T_odom_now = self._lookup(p.odom_frame, camera_frame, stamp, 0.0)
-            if T_odom_now is not None:
-                return T_map_camera @ invert_pose(T_odom_camera) @ T_odom_now, " (tracking, moved by odometry)"
-        return T_map_camera, " (tracking from the last pose)"
 
     def _take_prior(self, camera_frame: str, p: P.NodeParams) -> tuple[np.ndarray | None, str]:
         """The camera pose in map_frame from a pending /initialpose (consumed), and a note about it."""
@@ -592,7 +524,7 @@ class GsvislocNode(Node):
         if self._rendered_pub.get_subscription_count() > 0:
             from gsvisloc_ros.render import render
 
-            rendered = render(localizer.map, model.camera, invert_pose(T_map_camera)).rgb_u8
+            rendered = render(localizer.map, model.camera, invert_pose(T_map_camera), backend=localizer.backend).rgb_u8
             self._rendered_pub.publish(rgb_to_image(rendered, "rgb8", Header(stamp=stamp, frame_id=camera_frame)))
 
     def _publish_tf(self, T_map_camera: np.ndarray, camera_frame: str, stamp, p: P.NodeParams) -> None:
@@ -633,14 +565,15 @@ class GsvislocNode(Node):
 
     # ================================================================= diagnostics
 
-    def _set_status(self, level, message: str) -> None:
-        self._level, self._message = level, message
+    def _set_status(self, level, code: str, message: str) -> None:
+        """The current status: its level, its :data:`STATUS_CODES` entry and the sentence for people."""
+        self._level, self._code, self._message = level, code, message
 
-    def _fail(self, level, reason: str, stamp=None, count: bool = True) -> None:
+    def _fail(self, level, code: str, reason: str, stamp=None, count: bool = True) -> None:
         if count:
             self._stats.bad_input += 1
         self._stats.last_failure = reason
-        self._set_status(level, reason)
+        self._set_status(level, code, reason)
         if stamp is not None:
             self._publish_diagnostics(stamp)
 
@@ -661,6 +594,7 @@ class GsvislocNode(Node):
                                   message=message, hardware_id=p.map_path or "gsvisloc")
         camera = self._camera
         values = {
+            "status_code": self._code,
             "state": self._map_state,
             "map": self._map_info,
             "mode": p.mode,
@@ -670,6 +604,7 @@ class GsvislocNode(Node):
             "last_latency_ms": f"{s.last_latency_ms:.1f}",
             "last_inliers": str(s.last_inliers),
             "last_rmse_px": f"{s.last_rmse_px:.3f}",
+            "last_tracked": str(s.last_tracked).lower(),
             "frames_received": str(s.received),
             "frames_localized": str(s.localized),
             "frames_accepted": str(s.accepted),

@@ -17,6 +17,10 @@ from dataclasses import dataclass, field, fields
 
 import numpy as np
 
+from gsvisloc_ros.tracking import TrackingConfig
+
+_TRACKING = TrackingConfig()
+
 MODES = ("continuous", "on_demand")
 DEVICES = ("auto", "cpu", "cuda")
 ENCODERS = ("xfeat", "sift")
@@ -61,7 +65,8 @@ PARAMETERS: tuple[Spec, ...] = (
     Spec("transform_tolerance", 1.0, "seconds map -> odom is post-dated by (as nav2 AMCL)", 0.0, 60.0),
     Spec("tf_republish_rate", 10.0, "Hz at which the last map -> odom is republished post-dated from now, so "
          "lookups between fixes succeed; 0: only on each accepted fix", 0.0, 100.0),
-    Spec("track_timeout", 2.0, "seconds (image stamps) after an accepted pose during which the next frames are "
+    Spec("track_timeout", _TRACKING.track_timeout,
+         "seconds (image stamps) after an accepted pose during which the next frames are "
          "localized from it (tracking: ~4x faster than a global search; odom -> camera motion in TF is applied "
          "when known; a lost track falls back to the global search); 0: every frame is localized globally",
          0.0, 1e6),
@@ -75,13 +80,17 @@ PARAMETERS: tuple[Spec, ...] = (
          "0: no check", 0.0, 1.0),
     Spec("max_rotation_uncertainty_deg", 0.2, "a pose needs a rotation uncertainty from the inliers' geometry "
          "of at most this (degrees); 0: no check", 0.0, 180.0),
-    Spec("max_jump_translation", 1.0, "largest move (map_frame units) from the last accepted pose within "
+    Spec("max_jump_translation", _TRACKING.max_jump_translation,
+         "largest move (map_frame units) from the last accepted pose within "
          "max_jump_window that is accepted at once; 0: no translation check", 0.0, 1e6),
-    Spec("max_jump_rotation_deg", 45.0, "largest turn (degrees) from the last accepted pose within "
+    Spec("max_jump_rotation_deg", _TRACKING.max_jump_rotation_deg,
+         "largest turn (degrees) from the last accepted pose within "
          "max_jump_window that is accepted at once; 0: no rotation check", 0.0, 180.0),
-    Spec("max_jump_window", 5.0, "seconds (image stamps) after an accepted pose during which jumps are checked",
+    Spec("max_jump_window", _TRACKING.max_jump_window,
+         "seconds (image stamps) after an accepted pose during which jumps are checked",
          0.0, 1e6),
-    Spec("jump_confirmations", 2, "consecutive mutually consistent fixes that confirm a jump (1: accept jumps "
+    Spec("jump_confirmations", _TRACKING.jump_confirmations,
+         "consecutive mutually consistent fixes that confirm a jump (1: accept jumps "
          "at once)", 1, 100),
     Spec("covariance_scale", 1.0, "factor on the published covariance (the PnP covariance is optimistic)",
          1e-6, 1e6),
@@ -184,17 +193,17 @@ class NodeParams:
     publish_tf: bool = True
     transform_tolerance: float = 1.0
     tf_republish_rate: float = 10.0
-    track_timeout: float = 2.0
+    track_timeout: float = _TRACKING.track_timeout
     min_inliers: int = 40
     min_inlier_ratio: float = 0.5
     max_rmse_px: float = 2.0
     min_inlier_coverage: float = 0.1
     max_position_uncertainty: float = 0.0035
     max_rotation_uncertainty_deg: float = 0.2
-    max_jump_translation: float = 1.0
-    max_jump_rotation_deg: float = 45.0
-    max_jump_window: float = 5.0
-    jump_confirmations: int = 2
+    max_jump_translation: float = _TRACKING.max_jump_translation
+    max_jump_rotation_deg: float = _TRACKING.max_jump_rotation_deg
+    max_jump_window: float = _TRACKING.max_jump_window
+    jump_confirmations: int = _TRACKING.jump_confirmations
     covariance_scale: float = 1.0
     map_cloud_max_points: int = 50000
 
@@ -209,9 +218,17 @@ class NodeParams:
             values[name] = value
         return NodeParams(**values)
 
+    def tracking(self) -> TrackingConfig:
+        """The settings of the node's :class:`~gsvisloc_ros.tracking.Tracker`."""
+        return TrackingConfig(**{name: getattr(self, name) for name in TRACKING})
+
     @property
     def map_transform(self) -> np.ndarray:
         return map_to_frame_matrix(self.map_to_frame)
+
+
+#: The parameters that are :class:`~gsvisloc_ros.tracking.TrackingConfig` fields.
+TRACKING = frozenset(f.name for f in fields(TrackingConfig))
 
 
 def _descriptor(spec: Spec):

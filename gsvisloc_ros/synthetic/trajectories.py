@@ -28,7 +28,7 @@ from dataclasses import dataclass, field
 import numpy as np
 from scipy.spatial.transform import Rotation
 
-from gsvisloc_ros.camera import PinholeCamera, invert_pose, look_at, make_pose
+from gsvisloc_ros.camera import invert_pose, look_at, make_pose
 from gsvisloc_ros.gaussians import GaussianMap
 from gsvisloc_ros.scene import SceneConfig
 
@@ -223,12 +223,6 @@ def make_trajectory(gmap: GaussianMap, kind: str = "orbit", frames: int = 50, ra
     T_map_base = T_map_camera @ invert_pose(rig.T_base_camera)
     T_odom_base = _drifting_odometry(T_map_base, noise or OdometryNoise(), rng)
     return Trajectory(np.arange(frames) / rate_hz, T_map_base, T_odom_base, rig, kind)
-
-
-def default_camera(width: int = 640, height: int = 480) -> PinholeCamera:
-    """The synthetic camera: about 65 degrees of horizontal field of view, centred principal point."""
-    f = 0.78 * width
-    return PinholeCamera(f, f, (width - 1) / 2, (height - 1) / 2, width, height)
 
 
 # ------------------------------------------------------------------ the embedded default map

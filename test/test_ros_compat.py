@@ -1,4 +1,4 @@
-"""The TF shim (gsvisloc_ros/ros/tf.py): buffer maths, QoS as tf2_ros, and interoperation over DDS."""
+"""The TF stand-in (gsvisloc_ros/ros/compat.py): buffer maths, QoS as tf2_ros, and interoperation over DDS."""
 
 from __future__ import annotations
 
@@ -18,7 +18,7 @@ from rclpy.qos import DurabilityPolicy, ReliabilityPolicy  # noqa: E402
 from rclpy.time import Time  # noqa: E402
 from scipy.spatial.transform import Rotation  # noqa: E402
 
-from gsvisloc_ros.ros import tf as T  # noqa: E402
+from gsvisloc_ros.ros import compat as T  # noqa: E402
 from gsvisloc_ros.ros.messages import make_transform_stamped, transform_to_matrix  # noqa: E402
 
 

@@ -1,4 +1,6 @@
-"""TF for the node: ``tf2_ros`` when it imports, else this module's own classes behind the same interface.
+"""Stand-ins for ROS packages that are not installable everywhere: ``tf2_ros`` when it imports, else
+this module's own TF classes behind the same interface. (``cv_bridge`` needs none: images are
+decoded by :mod:`gsvisloc_ros.ros.messages`.)
 
 Public names (the ones the node uses): :data:`Buffer`, :data:`TransformListener`,
 :data:`TransformBroadcaster`, :data:`StaticTransformBroadcaster` and the exceptions
@@ -28,9 +30,6 @@ import threading
 import time as _time
 
 import numpy as np
-from rclpy.duration import Duration
-from rclpy.qos import DurabilityPolicy, HistoryPolicy, QoSProfile, ReliabilityPolicy
-from rclpy.time import Time
 
 from gsvisloc_ros.camera import invert_pose, make_pose
 from gsvisloc_ros.ros.messages import make_transform_stamped, transform_to_matrix
@@ -75,20 +74,26 @@ class ShimTimeoutException(ShimTransformException, _base("TimeoutException")):
 # --------------------------------------------------------------------------- QoS (as tf2_ros)
 
 
-def dynamic_qos(depth: int = 100) -> QoSProfile:
+def dynamic_qos(depth: int = 100):
     """``/tf``: reliable, volatile, keep last ``depth`` (tf2_ros DynamicBroadcasterQoS / DynamicListenerQoS)."""
+    from rclpy.qos import DurabilityPolicy, HistoryPolicy, QoSProfile, ReliabilityPolicy
+
     return QoSProfile(depth=depth, history=HistoryPolicy.KEEP_LAST, reliability=ReliabilityPolicy.RELIABLE,
                       durability=DurabilityPolicy.VOLATILE)
 
 
-def static_broadcaster_qos(depth: int = 1) -> QoSProfile:
+def static_broadcaster_qos(depth: int = 1):
     """``/tf_static`` publisher: reliable, transient-local, depth 1 (tf2_ros StaticBroadcasterQoS)."""
+    from rclpy.qos import DurabilityPolicy, HistoryPolicy, QoSProfile, ReliabilityPolicy
+
     return QoSProfile(depth=depth, history=HistoryPolicy.KEEP_LAST, reliability=ReliabilityPolicy.RELIABLE,
                       durability=DurabilityPolicy.TRANSIENT_LOCAL)
 
 
-def static_listener_qos(depth: int = 100) -> QoSProfile:
+def static_listener_qos(depth: int = 100):
     """``/tf_static`` subscriber: reliable, transient-local, depth 100 (tf2_ros StaticListenerQoS)."""
+    from rclpy.qos import DurabilityPolicy, HistoryPolicy, QoSProfile, ReliabilityPolicy
+
     return QoSProfile(depth=depth, history=HistoryPolicy.KEEP_LAST, reliability=ReliabilityPolicy.RELIABLE,
                       durability=DurabilityPolicy.TRANSIENT_LOCAL)
 
@@ -100,13 +105,20 @@ def to_nanoseconds(t) -> int:
     """Nanoseconds of an rclpy Time/Duration, a builtin_interfaces Time message, a number of seconds or None (0)."""
     if t is None:
         return 0
-    if isinstance(t, (Time, Duration)):
+    if hasattr(t, "nanoseconds"):  # rclpy Time or Duration
         return int(t.nanoseconds)
     if hasattr(t, "sec") and hasattr(t, "nanosec"):
         return int(t.sec) * 1_000_000_000 + int(t.nanosec)
     if isinstance(t, (int, float, np.integer, np.floating)):
         return int(round(float(t) * 1e9))
     raise TypeError(f"expected a time, got {type(t).__name__}")
+
+
+def _stamp(ns: int):
+    """A builtin_interfaces Time message."""
+    from builtin_interfaces.msg import Time
+
+    return Time(sec=int(ns // 1_000_000_000), nanosec=int(ns % 1_000_000_000))
 
 
 def _seconds(ns: int) -> str:
@@ -211,7 +223,7 @@ def _parse_transform(transform) -> tuple[str, str, int, np.ndarray, np.ndarray]:
 class ShimBuffer:
     """A TF buffer with the lookup interface of ``tf2_ros.Buffer`` (see the module docstring)."""
 
-    def __init__(self, cache_time: Duration | None = None, node=None) -> None:
+    def __init__(self, cache_time=None, node=None) -> None:
         self._max_age_ns = to_nanoseconds(cache_time) if cache_time is not None else 10_000_000_000
         self._dynamic: dict[str, _TimeCache] = {}
         self._static: dict[str, tuple[str, np.ndarray]] = {}
@@ -315,10 +327,15 @@ class ShimBuffer:
                         raise
                     self._condition.wait(min(remaining, 0.05))
 
+    def matrix(self, target_frame: str, source_frame: str, ns: int = 0) -> np.ndarray:
+        """``T_target_source`` at ``ns`` nanoseconds (0: latest common), without waiting; needs no ROS."""
+        with self._condition:
+            return self._lookup(target_frame, source_frame, int(ns))[0]
+
     def lookup_transform(self, target_frame: str, source_frame: str, time, timeout=None):
         """``TransformStamped`` of ``source_frame`` in ``target_frame`` at ``time`` (0: latest common)."""
         T, ns = self._wait(lambda: self._lookup(target_frame, source_frame, to_nanoseconds(time)), timeout)
-        return make_transform_stamped(T, target_frame, source_frame, Time(nanoseconds=ns).to_msg())
+        return make_transform_stamped(T, target_frame, source_frame, _stamp(ns))
 
     def lookup_transform_full(self, target_frame: str, target_time, source_frame: str, source_time,
                               fixed_frame: str, timeout=None):
@@ -329,7 +346,7 @@ class ShimBuffer:
             return T_target_fixed @ T_fixed_source, ns
 
         T, ns = self._wait(attempt, timeout)
-        return make_transform_stamped(T, target_frame, source_frame, Time(nanoseconds=ns).to_msg())
+        return make_transform_stamped(T, target_frame, source_frame, _stamp(ns))
 
     def can_transform(self, target_frame: str, source_frame: str, time, timeout=None, return_debug_tuple=False):
         try:
@@ -355,8 +372,7 @@ class ShimBuffer:
 class ShimTransformListener:
     """Fills a buffer from ``/tf`` and ``/tf_static``; the node's executor runs the callbacks."""
 
-    def __init__(self, buffer, node, *, spin_thread: bool = False, qos: QoSProfile | None = None,
-                 static_qos: QoSProfile | None = None) -> None:
+    def __init__(self, buffer, node, *, spin_thread: bool = False, qos=None, static_qos=None) -> None:
         from tf2_msgs.msg import TFMessage
 
         if spin_thread:
@@ -388,7 +404,7 @@ class ShimTransformListener:
 class ShimTransformBroadcaster:
     """Publishes transforms on ``/tf`` (reliable, volatile, depth 100)."""
 
-    def __init__(self, node, qos: QoSProfile | int | None = None) -> None:
+    def __init__(self, node, qos=None) -> None:
         from tf2_msgs.msg import TFMessage
 
         self._message = TFMessage
@@ -402,7 +418,7 @@ class ShimTransformBroadcaster:
 class ShimStaticTransformBroadcaster:
     """Publishes static transforms on ``/tf_static`` (transient-local, depth 1), always the whole set."""
 
-    def __init__(self, node, qos: QoSProfile | int | None = None) -> None:
+    def __init__(self, node, qos=None) -> None:
         from tf2_msgs.msg import TFMessage
 
         self._message = TFMessage
@@ -438,6 +454,9 @@ else:
 
 def lookup_matrix(buffer, target: str, source: str, time=None, timeout=None) -> np.ndarray:
     """``T_target_source`` as a 4x4 from either implementation's ``lookup_transform``."""
+    from rclpy.duration import Duration
+    from rclpy.time import Time
+
     stamp = Time(nanoseconds=to_nanoseconds(time))
     wait = Duration(nanoseconds=to_nanoseconds(timeout))
     return transform_to_matrix(buffer.lookup_transform(target, source, stamp, wait))
