@@ -163,17 +163,26 @@ class _Rasterize(torch.autograd.Function):
         rgb, state = backward.rasterize(gauss2d, depth.detach().numpy(), width, height, background)
         ctx.state = state
         ctx.dtype = uv.dtype
-        return torch.from_numpy(rgb)
+        drawn = torch.zeros(len(gauss2d), dtype=torch.bool)
+        drawn[torch.from_numpy(state.order).long()] = True
+        ctx.mark_non_differentiable(drawn)
+        return torch.from_numpy(rgb), drawn
 
     @staticmethod
-    def backward(ctx, grad_rgb):
+    def backward(ctx, grad_rgb, _grad_drawn):
         grads = torch.from_numpy(backward.rasterize_backward(ctx.state, grad_rgb.detach().numpy())).to(ctx.dtype)
         ctx.state = None
         return grads[:, 0:2], grads[:, 2:5], grads[:, 5], grads[:, 6:9], None, None, None, None
 
 
-def rasterize_torch(proj: Projection, width: int, height: int, background=(0.0, 0.0, 0.0)) -> torch.Tensor:
-    """The blended colour [H, W, 3] (float32, not clipped) of projected Gaussians; differentiable."""
+def rasterize_torch(
+    proj: Projection, width: int, height: int, background=(0.0, 0.0, 0.0)
+) -> tuple[torch.Tensor, torch.Tensor]:
+    """(blended colour [H, W, 3] float32, not clipped; bool [N]: drawn) of projected Gaussians.
+
+    The colour is differentiable in ``proj``'s tensors; a Gaussian that is not drawn (culled, too
+    faint, off the image) gets zero gradients.
+    """
     return _Rasterize.apply(proj.uv, proj.conic, proj.opacity, proj.color, proj.depth, width, height, background)
 
 
@@ -186,5 +195,5 @@ def render_torch(
         means, log_scales, quats, opacity_logits, sh, sh_degree, camera, T_camera_world,
         pose_delta=pose_delta, near=near,
     )  # fmt: skip
-    rgb = rasterize_torch(proj, camera.width, camera.height, background)
+    rgb, _ = rasterize_torch(proj, camera.width, camera.height, background)
     return torch.clamp(rgb, 0.0, 1.0)
