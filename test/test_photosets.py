@@ -31,8 +31,12 @@ def colmap_quat_t(T_world_camera: np.ndarray) -> tuple[list[float], list[float]]
     return [float(v) for v in (w, x, y, z)], [float(v) for v in T[:3, 3]]
 
 
-def write_colmap(folder: Path, cameras: dict, images: list, points: np.ndarray, binary: bool) -> Path:
-    """A COLMAP model in ``folder/sparse/0`` (cameras: id -> (model, w, h, params); images: (name, T_wc, cam))."""
+def write_colmap(folder: Path, cameras: dict, images: list, points: np.ndarray, binary: bool, colors=None) -> Path:
+    """A COLMAP model in ``folder/sparse/0`` (cameras: id -> (model, w, h, params); images: (name, T_wc, cam)).
+
+    Points are coloured ``colors`` [P, 3] (uint8), else (10, 20, 30).
+    """
+    colors = np.broadcast_to(np.array([10, 20, 30]) if colors is None else colors, (len(points), 3))
     model = folder / "sparse" / "0"
     model.mkdir(parents=True, exist_ok=True)
     if binary:
@@ -49,7 +53,8 @@ def write_colmap(folder: Path, cameras: dict, images: list, points: np.ndarray, 
         with open(model / "points3D.bin", "wb") as f:
             f.write(struct.pack("<Q", len(points)))
             for i, p in enumerate(points):
-                f.write(struct.pack("<QdddBBBdQ", i + 1, *p, 10, 20, 30, 0.5, 1) + struct.pack("<ii", 1, 0))
+                rgb = (int(c) for c in colors[i])
+                f.write(struct.pack("<QdddBBBdQ", i + 1, *p, *rgb, 0.5, 1) + struct.pack("<ii", 1, 0))
     else:
         lines = [f"{cid} {name} {w} {h} " + " ".join(map(str, params)) for cid, (name, w, h, params) in cameras.items()]
         (model / "cameras.txt").write_text("# cameras\n" + "\n".join(lines) + "\n")
@@ -58,7 +63,8 @@ def write_colmap(folder: Path, cameras: dict, images: list, points: np.ndarray, 
             q, t = colmap_quat_t(T)
             lines += [f"{i + 1} " + " ".join(map(repr, q + t)) + f" {cid} {name}", "1.0 2.0 -1"]
         (model / "images.txt").write_text("# images\n" + "\n".join(lines) + "\n")
-        lines = [f"{i + 1} {p[0]:.17g} {p[1]:.17g} {p[2]:.17g} 10 20 30 0.5 1 0" for i, p in enumerate(points)]
+        lines = [f"{i + 1} {p[0]:.17g} {p[1]:.17g} {p[2]:.17g} {c[0]} {c[1]} {c[2]} 0.5 1 0"
+                 for i, (p, c) in enumerate(zip(points, colors, strict=True))]
         (model / "points3D.txt").write_text("\n".join(lines) + "\n")
     return model
 
