@@ -106,3 +106,18 @@ def test_bad_input_is_refused_with_one_line_and_nothing_written(tmp_path, capsys
     err = capsys.readouterr().err.strip().splitlines()
     assert code == 2 and len(err) == 1 and message in err[0], err
     assert not list(tmp_path.glob("m.*")) and not list(tmp_path.glob("*.partial"))
+
+
+def test_benchmark_fit_times_forward_and_backward(tmp_path, capsys):
+    from gsvisloc_ros.io import save_ply
+
+    save_ply(ground_truth(), tmp_path / "wall.ply")
+    code = main(["benchmark", "fit", str(tmp_path / "wall.ply"), "--sizes", "64x48,32x24", "--counts", "100,144",
+                 "--repeats", "1", "--json"])  # fmt: skip
+    assert code == 0
+    results = json.loads(capsys.readouterr().out)
+    assert [(r["gaussians"], tuple(r["size"])) for r in results["rows"]] == [
+        (100, (64, 48)), (100, (32, 24)), (144, (64, 48)), (144, (32, 24))]
+    for row in results["rows"]:
+        assert row["drawn"] > 0 and row["forward_ms"] > 0 and row["backward_ms"] > 0 and row["render_ms"] > 0
+    assert main(["benchmark", "fit", str(tmp_path / "wall.ply"), "--counts", "1000"]) == 2
