@@ -72,6 +72,42 @@ def test_fit_a_tiny_scene_from_its_renders(tmp_path, capsys):
     assert "test" in capsys.readouterr().out
 
 
+def test_densification_clones_small_splits_large_and_keeps_the_cap(tmp_path):
+    import torch
+
+    from gsvisloc_ros.fit.trainer import FitConfig, Trainer
+    from gsvisloc_ros.io.photosets import load_photo_set
+
+    make_photo_set(tmp_path / "set", views=3)
+    trainer = Trainer(load_photo_set(tmp_path / "set"), FitConfig(test_every=0, max_gaussians=200))
+    n = len(trainer)
+    with torch.no_grad():
+        trainer.params["log_scales"][:10] = np.log(0.5 * trainer.scale)  # large: split
+        trainer.params["log_scales"][10:20] = np.log(0.005 * trainer.scale)  # small: cloned
+        trainer.params["opacity_logits"][:] = 2.0  # nothing pruned
+    trainer.grad_sum[:20] = 1.0  # 20 candidates: 10 large, 10 small
+    trainer.grad_count[:] = 1.0
+    large_means = trainer.params["means"][:10].detach().clone()
+    trainer.densify(step=1000)
+    assert len(trainer) == n + 20  # 10 clones added, 10 split into 2 each
+    assert not any(torch.all(trainer.params["means"] == m, dim=1).any() for m in large_means)  # split ones moved
+    assert torch.allclose(torch.exp(trainer.params["log_scales"][-20:]), torch.tensor(0.5 * trainer.scale / 1.6))
+    trainer.grad_sum[:] = 1.0  # everything is a candidate: the cap decides
+    trainer.grad_count[:] = 1.0
+    trainer.densify(step=1100)
+    assert len(trainer) == 200
+    assert all(len(v) == 200 for v in trainer.adam.m.values())
+
+
+def test_exposure_is_fitted_but_not_stored(tmp_path):
+    make_photo_set(tmp_path / "set", views=4)
+    out = tmp_path / "m.ply"
+    assert main(["fit", str(tmp_path / "set"), "--out", str(out), "--iterations", "30", "--exposure",
+                 "--test-every", "0", "--no-progress"]) == 0  # fmt: skip
+    assert json.loads((tmp_path / "m.fit.json").read_text())["exposure"] is True
+    assert load_map(out).sh.shape[1:] == (1, 3)
+
+
 def test_fit_is_repeatable_with_a_seed(tmp_path):
     make_photo_set(tmp_path / "set", views=4)
     args = ["fit", str(tmp_path / "set"), "--test-every", "0", "--iterations", "120", "--no-progress"]

@@ -33,7 +33,7 @@ from scipy.spatial import cKDTree
 from ..camera import PinholeCamera, invert_pose
 from ..gaussians import SH_C0, GaussianMap
 from ..io.photosets import PhotoSet, load_photo
-from ..render.differentiable import project, rasterize_torch
+from ..render.differentiable import project, quat_rotations, rasterize_torch
 from ..render.formation import ALPHA_MIN
 from .losses import fit_loss, psnr
 
@@ -224,12 +224,6 @@ class Adam:
 GAUSSIAN_PARAMS = ("means", "log_scales", "quats", "opacity_logits", "sh0", "shn")
 
 
-def _quat_to_matrix(q: torch.Tensor) -> torch.Tensor:
-    from ..render.differentiable import quat_rotations
-
-    return quat_rotations(q)
-
-
 def use_workqueue_threads() -> None:
     """Run numba's parallel kernels on its own thread pool rather than OpenMP, if none ran yet.
 
@@ -337,7 +331,7 @@ class Trainer:
         # Gaussian at scale / 1.6, replacing it.
         new = {k: p[k][clone].detach().clone() for k in GAUSSIAN_PARAMS}
         samples = torch.randn((2, len(split), 3)) * scales[split][None]
-        R = _quat_to_matrix(p["quats"][split])
+        R = quat_rotations(p["quats"][split])
         for s in range(2):
             offset = torch.einsum("nij,nj->ni", R, samples[s])
             for k in GAUSSIAN_PARAMS:
