@@ -12,6 +12,7 @@ from __future__ import annotations
 import argparse
 import logging
 import os
+import time
 from pathlib import Path
 
 from gsvisloc_ros.cli import COMMANDS, CommandError
@@ -60,10 +61,12 @@ def run(args: argparse.Namespace) -> int:
         iterations=args.iterations, max_size=args.max_size or None, test_every=args.test_every,
         max_gaussians=args.max_gaussians, seed=args.seed, exposure=args.exposure,
     )  # fmt: skip
+    start = time.perf_counter()
     photo_set = load_photo_set(args.photo_set)
     logger.info("%s: %d photos (%s)", args.photo_set, len(photo_set), photo_set.kind)
     result = fit(photo_set, config, progress=not args.no_progress)
     report, sheet = fit_report(result, config, args.photo_set)
+    report["wall_seconds"] = round(time.perf_counter() - start, 1)  # loading, fitting and evaluating
     save_ply(result.gmap, out)
     json_path, png_path = write_report(out, report, sheet)
     test = report["test_psnr_db"]

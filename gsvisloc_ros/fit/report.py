@@ -73,7 +73,7 @@ def fit_report(result: FitResult, config: FitConfig, photo_set_path: str) -> tup
         "photo_set": str(photo_set_path),
         "train_psnr_db": _mean_psnr(train_values),
         "test_psnr_db": _mean_psnr(test_values),
-        "seconds": round(result.seconds, 1),
+        "seconds": round(result.seconds, 1),  # the optimisation alone
         "iterations": result.iterations,
         "gaussians": len(result.gmap),
         "sh_degree": result.gmap.sh_degree,
