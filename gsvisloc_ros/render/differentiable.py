@@ -54,32 +54,29 @@ def perturbed_extrinsics(T_camera_world, pose_delta: torch.Tensor | None, dtype)
 
 
 def sh_colors(sh: torch.Tensor, dirs: torch.Tensor, degree: int) -> torch.Tensor:
-    """RGB [N, 3] of SH coefficients [N, K, 3] (only the first ``degree`` bands used) along unit ``dirs``."""
-    x, y, z = dirs[:, 0:1], dirs[:, 1:2], dirs[:, 2:3]
-    color = SH_C0 * sh[:, 0]
+    """RGB [N, 3] of SH coefficients [N, K, 3] (only the first ``degree`` bands used) along unit ``dirs``.
+
+    The basis [N, (degree + 1)^2] is stacked and contracted with the coefficients in one product:
+    indexing ``sh[:, k]`` per term would cost a full-size zero tensor per term in the backward.
+    """
+    x, y, z = dirs.unbind(1)
+    columns = [torch.full_like(x, SH_C0)]
     if degree > 0:
-        color = color + SH_C1 * (-y * sh[:, 1] + z * sh[:, 2] - x * sh[:, 3])
+        columns += [-SH_C1 * y, SH_C1 * z, -SH_C1 * x]
     if degree > 1:
         xx, yy, zz = x * x, y * y, z * z
-        color = (
-            color
-            + SH_C2[0] * x * y * sh[:, 4]
-            + SH_C2[1] * y * z * sh[:, 5]
-            + SH_C2[2] * (2 * zz - xx - yy) * sh[:, 6]
-            + SH_C2[3] * x * z * sh[:, 7]
-            + SH_C2[4] * (xx - yy) * sh[:, 8]
-        )
+        columns += [
+            SH_C2[0] * x * y, SH_C2[1] * y * z, SH_C2[2] * (2 * zz - xx - yy), SH_C2[3] * x * z,
+            SH_C2[4] * (xx - yy),
+        ]  # fmt: skip
     if degree > 2:
-        color = (
-            color
-            + SH_C3[0] * y * (3 * xx - yy) * sh[:, 9]
-            + SH_C3[1] * x * y * z * sh[:, 10]
-            + SH_C3[2] * y * (4 * zz - xx - yy) * sh[:, 11]
-            + SH_C3[3] * z * (2 * zz - 3 * xx - 3 * yy) * sh[:, 12]
-            + SH_C3[4] * x * (4 * zz - xx - yy) * sh[:, 13]
-            + SH_C3[5] * z * (xx - yy) * sh[:, 14]
-            + SH_C3[6] * x * (xx - 3 * yy) * sh[:, 15]
-        )
+        columns += [
+            SH_C3[0] * y * (3 * xx - yy), SH_C3[1] * x * y * z, SH_C3[2] * y * (4 * zz - xx - yy),
+            SH_C3[3] * z * (2 * zz - 3 * xx - 3 * yy), SH_C3[4] * x * (4 * zz - xx - yy), SH_C3[5] * z * (xx - yy),
+            SH_C3[6] * x * (xx - 3 * yy),
+        ]  # fmt: skip
+    basis = torch.stack(columns, dim=1)
+    color = (basis[:, :, None] * sh[:, : len(columns)]).sum(1)  # einsum's batched matmul is slower here
     return torch.clamp(color + 0.5, min=0.0)
 
 
@@ -116,13 +113,12 @@ def project(
     dtype = means.dtype
     T = perturbed_extrinsics(T_camera_world, pose_delta, dtype)
     R, t = T[:3, :3], T[:3, 3]
-    p = means @ R.T + t
-    z = p[:, 2]
+    px, py, z = (means @ R.T + t).unbind(1)
     visible = z.detach() > near
     zs = torch.where(visible, z, torch.ones_like(z))
     inv_z = 1.0 / zs
-    u = camera.fx * p[:, 0] * inv_z + camera.cx
-    v = camera.fy * p[:, 1] * inv_z + camera.cy
+    u = camera.fx * px * inv_z + camera.cx
+    v = camera.fy * py * inv_z + camera.cy
 
     tan_x = 0.5 * camera.width / camera.fx
     tan_y = 0.5 * camera.height / camera.fy
@@ -130,15 +126,15 @@ def project(
     x_hi = (camera.width - 0.5 - camera.cx) / camera.fx + (FOV_CLAMP - 1.0) * tan_x
     y_lo = -(camera.cy + 0.5) / camera.fy - (FOV_CLAMP - 1.0) * tan_y
     y_hi = (camera.height - 0.5 - camera.cy) / camera.fy + (FOV_CLAMP - 1.0) * tan_y
-    tx = torch.clamp(p[:, 0] * inv_z, x_lo, x_hi)
-    ty = torch.clamp(p[:, 1] * inv_z, y_lo, y_hi)
+    tx = torch.clamp(px * inv_z, x_lo, x_hi)
+    ty = torch.clamp(py * inv_z, y_lo, y_hi)
     # Rows of J R (J: the projection's Jacobian at the clamped point): cov2d = (J R) Sigma (J R)^T,
     # Sigma = M M^T with M = Rq diag(s), so cov2d = (J R M)(J R M)^T.
     row_a = (camera.fx * inv_z)[:, None] * (R[0][None, :] - tx[:, None] * R[2][None, :])
     row_b = (camera.fy * inv_z)[:, None] * (R[1][None, :] - ty[:, None] * R[2][None, :])
     M = quat_rotations(quats) * torch.exp(log_scales)[:, None, :]
-    am = torch.einsum("nk,nkj->nj", row_a, M)
-    bm = torch.einsum("nk,nkj->nj", row_b, M)
+    am = (row_a[:, :, None] * M).sum(1)
+    bm = (row_b[:, :, None] * M).sum(1)
     sxx = (am * am).sum(1) + LOWPASS_PX2
     sxy = (am * bm).sum(1)
     syy = (bm * bm).sum(1) + LOWPASS_PX2
