@@ -51,7 +51,7 @@ def contact_sheet(views: list[View], renders: list[np.ndarray], values: list[flo
         diff = np.clip(4.0 * np.abs(photo - rgb), 0.0, 1.0)
         row = (np.concatenate([photo, rgb, diff], axis=1) * 255).round().astype(np.uint8)
         row = np.ascontiguousarray(row)
-        label = f"{view.name}  {value:.2f} dB   photo | render | 4 x |difference|"
+        label = f"{view.name}  {value:.2f} dB"  # columns: photo | render | 4 x |difference|
         cv2.putText(row, label, (6, 18), cv2.FONT_HERSHEY_SIMPLEX, 0.5, (0, 0, 0), 3, cv2.LINE_AA)
         cv2.putText(row, label, (6, 18), cv2.FONT_HERSHEY_SIMPLEX, 0.5, (255, 255, 0), 1, cv2.LINE_AA)
         rows.append(row)
