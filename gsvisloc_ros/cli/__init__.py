@@ -17,6 +17,7 @@ COMMANDS = {
     "render": "render a map from a camera pose",
     "encode": "encode a map into landmarks for localization (cached)",
     "localize": "estimate the camera pose of images against a map",
+    "fit": "fit a 3DGS map to posed photos (COLMAP, transforms.json), on the CPU",
     "benchmark": "time and score the pipeline's stages",
     "make-bag": "render a camera trajectory through a map into a ROS 2 bag",
     "evaluate-bag": "replay a ROS 2 bag into the localizer and score it against ground truth",
