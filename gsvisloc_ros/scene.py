@@ -13,7 +13,8 @@ turns the query four ways: the same coverage of rolls, at a quarter of the encod
 which buys twice the views. Any query roll is within 45 degrees of one combination.
 
 Encoding costs tens of seconds on a CPU; the result is cached on disk, keyed by the map's
-content hash and every setting that changes it (see :func:`load_or_encode`).
+content hash and everything that changes it: the settings, the encoder, the render backend and
+the kind of device the encoder runs on (see :func:`load_or_encode`).
 """
 
 from __future__ import annotations
@@ -33,7 +34,7 @@ from tqdm import tqdm
 
 from gsvisloc_ros.camera import PinholeCamera, invert_pose, look_at, transform_points
 from gsvisloc_ros.gaussians import GaussianMap
-from gsvisloc_ros.render import render
+from gsvisloc_ros.render import choose_backend, render
 from gsvisloc_ros.retrieval import nearest_words, train_vocabulary
 
 log = logging.getLogger(__name__)
@@ -107,9 +108,14 @@ class SceneConfig:
         if self.landmarks_per_roll < 100 or self.keypoints_per_view < 16:
             raise ValueError("landmarks_per_roll must be >= 100 and keypoints_per_view >= 16")
 
-    def key(self, encoder_name: str) -> str:
-        """A short hash of everything that changes the encoding."""
-        text = json.dumps({"v": ENCODING_VERSION, "encoder": encoder_name, **asdict(self)}, sort_keys=True)
+    def key(self, encoder_name: str, backend: str, device: str) -> str:
+        """A short hash of everything that changes the encoding: these settings, the encoder, the
+        concrete render backend (``"cpu"``, ``"cuda"``, ...) and the encoder's device kind
+        (``"cpu"`` or ``"cuda"``): renders and descriptors differ slightly between them."""
+        if backend not in ("cpu", "cuda", "reference") or device not in ("cpu", "cuda"):
+            raise ValueError(f"the key needs a concrete backend and device kind, got {backend!r}, {device!r}")
+        text = json.dumps({"v": ENCODING_VERSION, "encoder": encoder_name, "backend": backend, "device": device,
+                           **asdict(self)}, sort_keys=True)
         return hashlib.sha256(text.encode()).hexdigest()[:16]
 
 
@@ -162,6 +168,7 @@ class EncodedScene:
     encoder: str
     config_key: str
     stats: dict = field(default_factory=dict)
+    from_cache: bool = field(default=False, compare=False)  # set by load_or_encode, never stored
 
     def __len__(self) -> int:
         return len(self.points)
@@ -385,6 +392,7 @@ def encode_scene(gmap: GaussianMap, encoder, config: SceneConfig | None = None, 
                  backend: str = "auto") -> EncodedScene:
     """Encode ``gmap`` into landmarks with ``encoder``, rendering with ``backend`` (see the module docstring)."""
     config = config or SceneConfig()
+    backend = choose_backend(backend)[0]  # one concrete backend for every render, and for the key
     start = time.perf_counter()
     geometry = analyse_geometry(gmap, config, backend)
     camera = virtual_camera(config)
@@ -435,7 +443,8 @@ def encode_scene(gmap: GaussianMap, encoder, config: SceneConfig | None = None, 
         obs_points=P, obs_descriptors=D.astype(np.float16),
         obs_words=nearest_words(D, vocabulary).astype(np.int16),
         vocabulary=vocabulary, geometry=geometry, camera=camera,
-        map_hash=gmap.content_hash, encoder=encoder.name, config_key=config.key(encoder.name), stats=stats,
+        map_hash=gmap.content_hash, encoder=encoder.name, config_key=encoding_key(config, encoder, backend),
+        stats=stats,
     )
 
 
@@ -447,24 +456,42 @@ def default_cache_dir() -> Path:
     return Path(base) / "gsvisloc"
 
 
-def cache_path(gmap: GaussianMap, encoder_name: str, config: SceneConfig, cache_dir: Path | None = None) -> Path:
+def device_kind(encoder) -> str:
+    """``"cpu"`` or ``"cuda"``: where ``encoder`` runs (its ``device``; one without runs on the CPU)."""
+    return str(getattr(encoder, "device", "cpu")).split(":")[0]
+
+
+def encoding_key(config: SceneConfig, encoder, backend: str) -> str:
+    """The cache key of encoding with ``encoder`` and the concrete render ``backend``."""
+    return config.key(encoder.name, backend, device_kind(encoder))
+
+
+def cache_path(gmap: GaussianMap, encoder, config: SceneConfig, cache_dir: Path | None = None,
+               backend: str = "auto") -> Path:
+    """Where the encoding of ``gmap`` with ``encoder``, ``config`` and render ``backend`` is cached."""
     directory = Path(cache_dir) if cache_dir is not None else default_cache_dir()
-    return directory / f"scene-{gmap.content_hash[:20]}-{config.key(encoder_name)}.npz"
+    key = encoding_key(config, encoder, choose_backend(backend)[0])
+    return directory / f"scene-{gmap.content_hash[:20]}-{key}.npz"
 
 
 def load_or_encode(gmap: GaussianMap, encoder, config: SceneConfig | None = None,
                    cache_dir: Path | None = None, progress: bool = True, backend: str = "auto") -> EncodedScene:
-    """The encoded scene from the cache when it is there and valid, else encode and cache it.
+    """The encoded scene from the cache when it is there and valid, else encode and cache it
+    (``from_cache`` says which), rendering with ``backend``.
 
     A cache directory that cannot be written only costs the cache (logged), never the result.
     """
     config = config or SceneConfig()
-    path = cache_path(gmap, encoder.name, config, cache_dir)
+    backend, why = choose_backend(backend)
+    log.info("scene encoding: render backend %s (%s); %s encoder on %s", backend, why, encoder.name,
+             device_kind(encoder))
+    path = cache_path(gmap, encoder, config, cache_dir, backend)
     if path.is_file():
         try:
             scene = EncodedScene.load(path)
-            if scene.map_hash == gmap.content_hash and scene.config_key == config.key(encoder.name):
+            if scene.map_hash == gmap.content_hash and scene.config_key == encoding_key(config, encoder, backend):
                 log.info("loaded encoded scene from %s (%d landmarks)", path, len(scene))
+                scene.from_cache = True
                 return scene
             log.warning("cache %s does not belong to this map and settings: re-encoding", path)
         except Exception as exc:  # a corrupt or foreign cache file must not stop localization

@@ -196,6 +196,19 @@ def test_bad_arguments_are_refused(tmp_path, argv, problem):
         run_localize(_args(str(tmp_path / "missing.ply"), *argv))
 
 
+def test_device_cuda_is_refused_where_cuda_cannot_render(tmp_path, monkeypatch, capsys):
+    from gsvisloc_ros import cli
+    from gsvisloc_ros import render as render_module
+
+    monkeypatch.setattr(render_module, "cuda_available", lambda: (False, "torch sees no CUDA device"))
+    with pytest.raises(CommandError, match="--device cuda: CUDA is not usable here: torch sees no CUDA device"):
+        run_localize(_args(str(tmp_path / "missing.ply"), "--device", "cuda"))
+    assert cli.main(["benchmark", "localize", str(tmp_path / "missing.ply"), "--device", "cuda"]) == 2
+    assert "CUDA is not usable here" in capsys.readouterr().err
+    with pytest.raises(SystemExit):  # not a device setting
+        _args(str(tmp_path / "missing.ply"), "--device", "tpu")
+
+
 def test_benchmark_end_to_end_on_a_synthetic_map(tmp_path, tabletop):
     path = tmp_path / "tabletop.ply"
     save_ply(tabletop, path)
@@ -246,7 +259,10 @@ def test_benchmark_end_to_end_on_a_synthetic_map(tmp_path, tabletop):
     assert coarse["stages_ms"].get("refinement", {"median": 0.0})["median"] < 20.0  # coarse: no render rounds
     assert not results["notes"]
 
+    assert results["device"] == "auto" and results["render_backend"] in ("cpu", "cuda")
+    assert results["encodings"]["sift"]["device"] == "cpu"  # SIFT runs on the CPU whatever the device
     text = format_localize(results)
+    assert f"device auto: renders on {results['render_backend']}" in text
     assert "sift coarse" in text and "R@2%,2deg" in text and "load average" in text
     for name in ("results.json", "error_cdf.png", "queries.png"):
         assert (out / name).is_file() and (out / name).stat().st_size > 1000

@@ -94,3 +94,16 @@ def test_info_rejects_zero_bins(tmp_path, capsys):
     save_ply(known_map(n=5), path)
     code, _, err = run_info(capsys, str(path), "--bins", "0")
     assert code == 2 and "--bins" in err
+
+
+def test_info_logs_where_the_localizer_would_run(tmp_path, capsys, caplog, monkeypatch):
+    from gsvisloc_ros import render as render_module
+
+    monkeypatch.setattr(render_module, "cuda_available", lambda: (False, "torch sees no CUDA device"))
+    path = tmp_path / "known.ply"
+    save_ply(known_map(), path)
+    with caplog.at_level("INFO", logger="gsvisloc_ros.cli.info"):
+        code, _, _ = run_info(capsys, str(path))
+    assert code == 0
+    assert "device auto: encoder and matcher on " in caplog.text
+    assert "renders on cpu (auto: CUDA not used: torch sees no CUDA device)" in caplog.text

@@ -302,32 +302,38 @@ def test_cpu_agrees_with_reference_on_a_real_map(captures):
     assert np.abs(fast.depth.astype(np.float64) - slow.depth).max() < 1e-3
 
 
-def test_cuda_wrapper_conventions_with_a_fake_gsplat(monkeypatch):
-    """The gsplat wrapper's bookkeeping, checked on the CPU against a stand-in for gsplat.rasterization.
-
-    The stand-in renders like gsplat: pixel i sampled at i + 0.5 (so it undoes the +0.5 the
-    wrapper adds to the principal point), colour without background, alpha-normalised depth.
-    """
-    import sys
-    import types
-
-    torch = pytest.importorskip("torch")
-    from gsvisloc_ros.render import cuda as cuda_backend
-
-    calls = {}
+def cpu_standin_rasterization(calls: dict | None = None):
+    """A stand-in for ``gsplat.rasterization`` that renders like gsplat with the cpu backend: pixel i
+    sampled at i + 0.5 (it undoes the +0.5 the wrapper adds to the principal point), colour without
+    background, alpha-normalised depth. Its keyword arguments and matrices go into ``calls``."""
+    import torch
 
     def rasterization(means, quats, scales, opacities, colors, viewmats, Ks, width, height, **kwargs):
-        calls.update(kwargs, Ks=Ks.cpu().numpy(), viewmats=viewmats.cpu().numpy())
+        if calls is not None:
+            calls.update(kwargs, Ks=Ks.cpu().numpy(), viewmats=viewmats.cpu().numpy())
         K = Ks[0].double().cpu().numpy()
         camera = PinholeCamera(K[0, 0], K[1, 1], K[0, 2] - 0.5, K[1, 2] - 0.5, width, height)
-        gmap = GaussianMap(*(t.cpu().numpy() for t in (means, quats, scales, opacities, colors)))
+        gmap = GaussianMap(*(t.double().cpu().numpy() for t in (means, quats, scales, opacities, colors)))
         rgb, depth, alpha = cpu_backend.render(
             gmap, camera, viewmats[0].double().cpu().numpy(), near=kwargs["near_plane"]
         )
         out = np.concatenate([rgb, depth[..., None]], axis=-1)[None]
         return torch.from_numpy(out), torch.from_numpy(alpha[None, ..., None]), {}
 
-    monkeypatch.setitem(sys.modules, "gsplat", types.SimpleNamespace(rasterization=rasterization))
+    return rasterization
+
+
+def test_cuda_wrapper_conventions_with_a_fake_gsplat(monkeypatch):
+    """The gsplat wrapper's bookkeeping, checked on the CPU against a stand-in for gsplat.rasterization
+    (same formation as the cpu backend, so the two agree to float32 precision)."""
+    import sys
+    import types
+
+    pytest.importorskip("torch")
+    from gsvisloc_ros.render import cuda as cuda_backend
+
+    calls = {}
+    monkeypatch.setitem(sys.modules, "gsplat", types.SimpleNamespace(rasterization=cpu_standin_rasterization(calls)))
     gmap = random_scene(300, 1, 7)
     camera = PinholeCamera(90.0, 95.0, 40.3, 29.6, 80, 60)
     T_camera_world = invert_pose(make_pose(np.eye(3), [0.05, -0.02, -0.1]))
@@ -340,3 +346,108 @@ def test_cuda_wrapper_conventions_with_a_fake_gsplat(monkeypatch):
     np.testing.assert_allclose(rgb, expected.rgb, atol=5e-5)
     np.testing.assert_allclose(alpha, expected.alpha, atol=5e-5)
     np.testing.assert_allclose(depth, expected.depth, atol=5e-5)
+
+
+# ------------------------------------------------------------------------------ is CUDA usable?
+
+
+@pytest.fixture
+def fake_cuda_machine(monkeypatch):
+    """torch says it sees a GPU; ``install(extension, rasterization)`` puts a stand-in gsplat in place
+    (``gsplat.cuda._backend._C`` = ``extension``; ``None`` for the module makes ``import gsplat`` fail).
+    The availability verdict is forgotten before and after."""
+    import sys
+    import types
+
+    torch = pytest.importorskip("torch")
+    monkeypatch.setattr(torch.cuda, "is_available", lambda: True)
+
+    def install(extension=None, rasterization=None, missing=False):
+        if missing:
+            for name in ("gsplat", "gsplat.cuda", "gsplat.cuda._backend"):
+                monkeypatch.setitem(sys.modules, name, None)
+            return
+        backend = types.ModuleType("gsplat.cuda._backend")
+        backend._C = extension
+        cuda_pkg = types.ModuleType("gsplat.cuda")
+        cuda_pkg._backend = backend
+        gsplat = types.ModuleType("gsplat")
+        gsplat.cuda = cuda_pkg
+        gsplat.rasterization = rasterization
+        for name, module in (("gsplat", gsplat), ("gsplat.cuda", cuda_pkg), ("gsplat.cuda._backend", backend)):
+            monkeypatch.setitem(sys.modules, name, module)
+
+    verdict = render_module.cuda_available  # the cached function, even where a test replaces it
+    verdict.cache_clear()
+    yield install
+    verdict.cache_clear()
+
+
+def _must_not_run(*args, **kwargs):
+    raise AssertionError("gsplat.rasterization was called")
+
+
+def test_cuda_is_not_used_when_gsplat_is_missing(fake_cuda_machine, caplog):
+    fake_cuda_machine(missing=True)
+    with caplog.at_level("INFO", logger="gsvisloc_ros.render"):
+        available, reason = render_module.cuda_available()
+    assert not available and reason.startswith("gsplat does not import")
+    assert "render backend 'cuda' not used: gsplat does not import" in caplog.text
+    assert render_module.choose_backend("auto") == ("cpu", f"auto: CUDA not used: {reason}")
+
+
+def test_cuda_is_not_used_when_gsplat_has_no_compiled_extension(fake_cuda_machine):
+    """The PyPI wheel without nvcc: gsplat imports, its extension is None, and rendering would fail."""
+    fake_cuda_machine(extension=None, rasterization=_must_not_run)
+    available, reason = render_module.cuda_available()
+    assert not available and "CUDA extension is not loaded" in reason
+    result = render(gaussians([0, 0, 2], 0.05, (1, 1, 1), 0.9), SMALL, IDENTITY, backend="auto")
+    assert result.backend == "cpu" and result.alpha.max() > 0.5
+    with pytest.raises(BackendUnavailableError, match="CUDA extension is not loaded"):
+        resolve_backend("cuda")
+
+
+def test_cuda_is_used_when_a_one_gaussian_render_works(fake_cuda_machine, monkeypatch):
+    """A working stand-in for gsplat (its extension present, rasterization by the cpu backend on CPU
+    tensors, as the probe cannot reach a GPU here): CUDA is available, once per process."""
+    import functools
+
+    from gsvisloc_ros.render import cuda as cuda_backend
+
+    renders = []
+
+    def counting(*args, **kwargs):
+        renders.append(1)
+        return cpu_standin_rasterization()(*args, **kwargs)
+
+    fake_cuda_machine(extension=object(), rasterization=counting)
+    monkeypatch.setattr(cuda_backend, "check_render", functools.partial(cuda_backend.check_render, device="cpu"))
+    assert render_module.cuda_available() == (True, "")
+    assert render_module.cuda_available() == (True, "")
+    assert len(renders) == 1  # computed once, cached
+    assert render_module.choose_backend("auto")[0] == "cuda" and "cuda" in render_module.available_backends()
+
+
+def test_cuda_is_not_used_when_the_probe_render_draws_nothing(fake_cuda_machine):
+    torch = pytest.importorskip("torch")
+
+    def blank(means, quats, scales, opacities, colors, viewmats, Ks, width, height, **kwargs):
+        return torch.zeros((1, height, width, 4)), torch.zeros((1, height, width, 1)), {}
+
+    fake_cuda_machine(extension=object(), rasterization=blank)
+    available, reason = render_module.cuda_available()
+    assert not available and reason.startswith("a one-Gaussian gsplat render failed")
+    assert resolve_backend("auto") == "cpu"
+
+
+@pytest.mark.parametrize("means", [np.zeros((0, 3)), np.array([[0.0, 0.0, -2.0], [0.1, 0.0, 0.005]])],
+                         ids=["empty map", "nothing beyond the near plane"])
+def test_nothing_to_draw_never_reaches_gsplat(fake_cuda_machine, monkeypatch, means):
+    fake_cuda_machine(extension=object(), rasterization=_must_not_run)
+    monkeypatch.setattr(render_module, "cuda_available", lambda: (True, ""))
+    gmap = gaussians(means, 0.05, (1, 1, 1), 0.9)
+    result = render(gmap, SMALL, IDENTITY, backend="cuda", background=(0.25, 0.5, 1.0), near=0.01)
+    assert result.backend == "cuda"
+    assert result.rgb.dtype == np.float32 and result.rgb.shape == (48, 64, 3)
+    np.testing.assert_array_equal(result.rgb, np.broadcast_to(np.float32([0.25, 0.5, 1.0]), (48, 64, 3)))
+    assert not result.alpha.any() and not result.depth.any()

@@ -133,20 +133,37 @@ def encoder():
 
 def test_encoding_is_cached_and_a_corrupt_cache_is_rebuilt(tmp_path, encoder):
     gmap = make_scene("tabletop", seed=1, detail=0.5)
-    scene = load_or_encode(gmap, encoder, SMALL, tmp_path, progress=False)
-    path = cache_path(gmap, encoder.name, SMALL, tmp_path)
+    scene = load_or_encode(gmap, encoder, SMALL, tmp_path, progress=False, backend="cpu")
+    path = cache_path(gmap, encoder, SMALL, tmp_path, "cpu")
     assert path.is_file() and len(scene) > 500
     # Landmarks sit on the map's surfaces: each is close to some Gaussian centre.
     from scipy.spatial import cKDTree
 
     distance, _ = cKDTree(gmap.means).query(scene.points)
     assert np.median(distance) < 0.01
-    again = load_or_encode(gmap, encoder, SMALL, tmp_path, progress=False)
+    again = load_or_encode(gmap, encoder, SMALL, tmp_path, progress=False, backend="cpu")
     assert np.array_equal(again.points, scene.points) and again.stats == scene.stats
+    assert again.from_cache and not scene.from_cache
     path.write_bytes(b"not an npz file")
-    rebuilt = load_or_encode(gmap, encoder, SMALL, tmp_path, progress=False)
-    assert len(rebuilt) == len(scene)
+    rebuilt = load_or_encode(gmap, encoder, SMALL, tmp_path, progress=False, backend="cpu")
+    assert len(rebuilt) == len(scene) and not rebuilt.from_cache
     assert isinstance(EncodedScene.load(path), EncodedScene)
+
+
+def test_the_cache_key_changes_with_the_render_backend_and_the_device_kind(tmp_path, encoder):
+    """Renders and descriptors differ slightly between backends and devices: never share a cache."""
+    from types import SimpleNamespace
+
+    gmap = make_scene("tabletop", seed=1, detail=0.3)
+    on_cuda = SimpleNamespace(name=encoder.name, device="cuda:0")  # only its name and device are read
+    paths = {(backend, device): cache_path(gmap, e, SMALL, tmp_path, backend)
+             for backend in ("cpu", "reference") for device, e in (("cpu", encoder), ("cuda", on_cuda))}
+    assert len(set(paths.values())) == 4
+    keys = {SMALL.key("xfeat", b, d) for b in ("cpu", "cuda", "reference") for d in ("cpu", "cuda")}
+    assert len(keys) == 6
+    assert SMALL.key("xfeat", "cpu", "cpu") == SMALL.key("xfeat", "cpu", "cpu")
+    with pytest.raises(ValueError, match="concrete backend"):
+        SMALL.key("xfeat", "auto", "cpu")
 
 
 def test_a_map_without_opaque_gaussians_is_refused(encoder, tmp_path):

@@ -37,6 +37,8 @@ def register_localize(parser: argparse.ArgumentParser) -> None:
                         help="the map's up direction, for query elevations (default: 0,-1,0, COLMAP captures)")
     parser.add_argument("--views", type=int, metavar="N",
                         help="virtual view directions of the encoding (default: the localizer's; fewer is quicker)")
+    parser.add_argument("--device", choices=("auto", "cpu", "cuda"),
+                        help="where the localizer runs: encoder, matcher and renders (default: the localizer's, auto)")
     parser.add_argument("--cache-dir", help="where encoded scenes are cached (default: ~/.cache/gsvisloc)")
     parser.add_argument("--out", metavar="DIR", help="also write results.json, error_cdf.png and queries.png here")
 
@@ -139,7 +141,7 @@ def run_localize(args: argparse.Namespace, localizer_config=None, scene_config=N
     from gsvisloc_ros.features import ENCODERS
     from gsvisloc_ros.io import load_map
     from gsvisloc_ros.localizer import Localizer, LocalizerConfig
-    from gsvisloc_ros.scene import cache_path
+    from gsvisloc_ros.render import backend_for_device, choose_backend, cuda_available
 
     encoders = [e.strip().lower() for e in args.encoders.split(",") if e.strip()]
     unknown = [e for e in encoders if e not in ENCODERS]
@@ -164,20 +166,26 @@ def run_localize(args: argparse.Namespace, localizer_config=None, scene_config=N
         base = replace(base, scene=replace(base.scene, view_directions=args.views))
     if args.cache_dir:
         base = replace(base, cache_dir=args.cache_dir)
+    if args.device:
+        if args.device == "cuda" and not cuda_available()[0]:
+            raise CommandError(f"--device cuda: CUDA is not usable here: {cuda_available()[1]}")
+        base = replace(base, device=args.device)
+    backend, why = choose_backend(backend_for_device(base.device))
     load_start = os.getloadavg()
 
     gmap = load_map(args.map)
     results: dict = {"benchmark": "localize", "map": str(args.map), "gaussians": len(gmap), "size": [width, height],
                      "intrinsics": [camera.fx, camera.fy, camera.cx, camera.cy], "seed": args.seed,
-                     "up": up.tolist(), "encodings": {}, "configurations": [], "notes": []}
+                     "up": up.tolist(), "device": base.device, "render_backend": backend,
+                     "render_backend_reason": why, "encodings": {}, "configurations": [], "notes": []}
     queries, scales = None, {}
     for encoder in encoders:
         config = replace(base, encoder=encoder)
-        from_cache = cache_path(gmap, encoder, config.scene, config.cache_dir).is_file()
         start = time.perf_counter()
         localizer = Localizer(gmap, config, progress=progress)
         scene = localizer.scene
-        results["encodings"][encoder] = {"seconds": round(time.perf_counter() - start, 2), "from_cache": from_cache,
+        results["encodings"][encoder] = {"seconds": round(time.perf_counter() - start, 2),
+                                         "from_cache": scene.from_cache, "device": str(localizer.encoder.device),
                                          "landmarks": len(scene), "virtual_views": len(scene.view_poses),
                                          "virtual_images": len(scene.image_view), "layout": scene.geometry.layout,
                                          "typical_distance": scene.geometry.typical_distance}
@@ -263,6 +271,9 @@ def format_localize(results: dict) -> str:
         f" {perturbed} perturbed) + {len(queries) - len(positives)} negatives, {width}x{height},"
         f" seed {results['seed']}",
     ]
+    if "render_backend" in results:
+        lines.append(f"  device {results['device']}: renders on {results['render_backend']}"
+                     f" ({results['render_backend_reason']})")
     for name, e in results["encodings"].items():
         lines.append(f"  encoding {name}: {'loaded' if e['from_cache'] else 'encoded'} in {e['seconds']:.1f} s,"
                      f" {e['landmarks']} landmarks, {e['virtual_views']} virtual views ({e['layout']})")

@@ -24,18 +24,20 @@ def run(args: argparse.Namespace) -> int:
     from gsvisloc_ros.features import make_encoder
     from gsvisloc_ros.io import load_map
     from gsvisloc_ros.localizer import LocalizerConfig
+    from gsvisloc_ros.render import backend_for_device
     from gsvisloc_ros.scene import cache_path, load_or_encode
 
     config = LocalizerConfig(encoder=args.encoder, device=args.device, cache_dir=args.cache_dir)
+    backend = backend_for_device(config.device)  # as the localizer renders, so it finds this cache
     gmap = load_map(args.map)
     encoder = make_encoder(config.encoder, config.device, top_k=config.scene.keypoints_per_view)
-    path = cache_path(gmap, encoder.name, config.scene, args.cache_dir)
+    path = cache_path(gmap, encoder, config.scene, args.cache_dir, backend)
     if args.force and path.exists():
         path.unlink()
-    cached = path.exists()
     start = time.perf_counter()
-    scene = load_or_encode(gmap, encoder, config.scene, args.cache_dir)
+    scene = load_or_encode(gmap, encoder, config.scene, args.cache_dir, backend=backend)
     seconds = time.perf_counter() - start
+    cached = scene.from_cache
     report = {"map": str(args.map), "gaussians": len(gmap), "cache": str(path), "from_cache": cached,
               "seconds": round(seconds, 2), "landmarks": len(scene), "virtual_images": len(scene.image_view),
               "layout": scene.geometry.layout,

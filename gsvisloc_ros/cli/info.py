@@ -2,12 +2,14 @@
 
 Prints the Gaussian count, SH degree, bounds (full and robust), robust centre and extent, an
 opacity histogram, the content hash and the source path; ``--json`` prints the same as JSON.
+It also logs where a localizer with the default device (``auto``) would run on this machine, and why.
 """
 
 from __future__ import annotations
 
 import argparse
 import json
+import logging
 
 import numpy as np
 
@@ -16,6 +18,8 @@ from gsvisloc_ros.gaussians import GaussianMap
 from gsvisloc_ros.io import load_map
 
 ROBUST_PERCENTILE = 1.0
+
+log = logging.getLogger(__name__)
 
 
 def register(subparsers: argparse._SubParsersAction) -> None:
@@ -79,10 +83,23 @@ def format_text(summary: dict, width: int = 40) -> str:
     return "\n".join(lines)
 
 
+def log_runtime() -> None:
+    """Log where the default device setting (``auto``) puts the encoder, the matcher and the renders here."""
+    import torch
+
+    from gsvisloc_ros.render import choose_backend
+
+    gpu = torch.cuda.is_available()
+    backend, why = choose_backend("auto")
+    log.info("device auto: encoder and matcher on %s (torch sees %s CUDA device); renders on %s (%s)",
+             "cuda" if gpu else "cpu", "a" if gpu else "no", backend, why)
+
+
 def run(args: argparse.Namespace) -> int:
     """Load the map and print its summary."""
     if args.bins < 1:
         raise CommandError(f"--bins must be at least 1, got {args.bins}")
+    log_runtime()
     summary = summarise(load_map(args.map), bins=args.bins)
     print(json.dumps(summary, indent=2) if args.json else format_text(summary))
     return 0
