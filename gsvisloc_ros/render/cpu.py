@@ -37,12 +37,12 @@ from .formation import (
     ALPHA_MAX,
     ALPHA_MIN,
     DEPTH_MIN_ALPHA,
-    FOV_CLAMP,
     LOWPASS_PX2,
     SH_C1,
     SH_C2,
     SH_C3,
     TRANSMITTANCE_MIN,
+    projection_clamp,
 )
 
 TILE = 16
@@ -148,16 +148,7 @@ def render(
     R = np.ascontiguousarray(T[:3, :3])
     t = np.ascontiguousarray(T[:3, 3])
     campos = -R.T @ t
-    tan_x = 0.5 * width / camera.fx
-    tan_y = 0.5 * height / camera.fy
-    limits = np.array(
-        [
-            -(camera.cx + 0.5) / camera.fx - (FOV_CLAMP - 1.0) * tan_x,
-            (width - 0.5 - camera.cx) / camera.fx + (FOV_CLAMP - 1.0) * tan_x,
-            -(camera.cy + 0.5) / camera.fy - (FOV_CLAMP - 1.0) * tan_y,
-            (height - 0.5 - camera.cy) / camera.fy + (FOV_CLAMP - 1.0) * tan_y,
-        ]
-    )
+    limits = np.array(projection_clamp(camera))
     intrinsics = np.array([camera.fx, camera.fy, camera.cx, camera.cy], dtype=np.float64)
     bg = np.asarray(background, dtype=np.float64).reshape(3)
 

@@ -27,7 +27,7 @@ import torch
 from ..camera import PinholeCamera
 from ..gaussians import SH_C0, SH_C1, SH_C2, SH_C3
 from . import backward
-from .formation import DEFAULT_NEAR, FOV_CLAMP, LOWPASS_PX2
+from .formation import DEFAULT_NEAR, LOWPASS_PX2, projection_clamp
 
 
 def se3_hat(xi: torch.Tensor) -> torch.Tensor:
@@ -120,12 +120,7 @@ def project(
     u = camera.fx * px * inv_z + camera.cx
     v = camera.fy * py * inv_z + camera.cy
 
-    tan_x = 0.5 * camera.width / camera.fx
-    tan_y = 0.5 * camera.height / camera.fy
-    x_lo = -(camera.cx + 0.5) / camera.fx - (FOV_CLAMP - 1.0) * tan_x
-    x_hi = (camera.width - 0.5 - camera.cx) / camera.fx + (FOV_CLAMP - 1.0) * tan_x
-    y_lo = -(camera.cy + 0.5) / camera.fy - (FOV_CLAMP - 1.0) * tan_y
-    y_hi = (camera.height - 0.5 - camera.cy) / camera.fy + (FOV_CLAMP - 1.0) * tan_y
+    x_lo, x_hi, y_lo, y_hi = projection_clamp(camera)
     tx = torch.clamp(px * inv_z, x_lo, x_hi)
     ty = torch.clamp(py * inv_z, y_lo, y_hi)
     # Rows of J R (J: the projection's Jacobian at the clamped point): cov2d = (J R) Sigma (J R)^T,

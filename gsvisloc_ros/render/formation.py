@@ -39,6 +39,19 @@ DEFAULT_NEAR = 0.01
 DEPTH_MIN_ALPHA = 1e-3
 
 
+def projection_clamp(camera) -> tuple[float, float, float, float]:
+    """(x_lo, x_hi, y_lo, y_hi): the bounds of x/z and y/z at which the EWA Jacobian is evaluated,
+    the image's extent (pixel edges) widened by ``FOV_CLAMP - 1`` of its half-extent on each side."""
+    tan_x = 0.5 * camera.width / camera.fx
+    tan_y = 0.5 * camera.height / camera.fy
+    return (
+        -(camera.cx + 0.5) / camera.fx - (FOV_CLAMP - 1.0) * tan_x,
+        (camera.width - 0.5 - camera.cx) / camera.fx + (FOV_CLAMP - 1.0) * tan_x,
+        -(camera.cy + 0.5) / camera.fy - (FOV_CLAMP - 1.0) * tan_y,
+        (camera.height - 0.5 - camera.cy) / camera.fy + (FOV_CLAMP - 1.0) * tan_y,
+    )
+
+
 
 def finish_image(
     color: np.ndarray, depth_sum: np.ndarray, trans: np.ndarray, background

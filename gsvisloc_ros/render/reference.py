@@ -20,10 +20,10 @@ from ..gaussians import GaussianMap, sh_basis
 from .formation import (
     ALPHA_MAX,
     ALPHA_MIN,
-    FOV_CLAMP,
     LOWPASS_PX2,
     TRANSMITTANCE_MIN,
     finish_image,
+    projection_clamp,
 )
 
 
@@ -66,12 +66,7 @@ def project(gmap: GaussianMap, camera: PinholeCamera, T_camera_world: np.ndarray
     cov_cam = R @ cov_world @ R.T
 
     # Jacobian of the pinhole projection, at x/z and y/z clamped to 1.3x the image's half-extent.
-    tan_x = 0.5 * camera.width / camera.fx
-    tan_y = 0.5 * camera.height / camera.fy
-    x_lo = -(camera.cx + 0.5) / camera.fx - (FOV_CLAMP - 1.0) * tan_x
-    x_hi = (camera.width - 0.5 - camera.cx) / camera.fx + (FOV_CLAMP - 1.0) * tan_x
-    y_lo = -(camera.cy + 0.5) / camera.fy - (FOV_CLAMP - 1.0) * tan_y
-    y_hi = (camera.height - 0.5 - camera.cy) / camera.fy + (FOV_CLAMP - 1.0) * tan_y
+    x_lo, x_hi, y_lo, y_hi = projection_clamp(camera)
     xz = np.clip(p[:, 0] / zs, x_lo, x_hi)
     yz = np.clip(p[:, 1] / zs, y_lo, y_hi)
     J = np.zeros((len(p), 2, 3))

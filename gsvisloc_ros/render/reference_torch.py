@@ -15,7 +15,7 @@ import torch
 
 from ..camera import PinholeCamera
 from ..gaussians import SH_C0, SH_C1, SH_C2, SH_C3
-from .formation import ALPHA_MAX, ALPHA_MIN, DEFAULT_NEAR, FOV_CLAMP, LOWPASS_PX2, TRANSMITTANCE_MIN
+from .formation import ALPHA_MAX, ALPHA_MIN, DEFAULT_NEAR, LOWPASS_PX2, TRANSMITTANCE_MIN, projection_clamp
 
 
 def _expm_se3(xi: torch.Tensor) -> torch.Tensor:
@@ -73,11 +73,7 @@ def render_reference_torch(
 
     p = means @ R.T + t
     pz = p[:, 2]
-    tan_x, tan_y = 0.5 * width / camera.fx, 0.5 * height / camera.fy
-    x_lo = -(camera.cx + 0.5) / camera.fx - (FOV_CLAMP - 1.0) * tan_x
-    x_hi = (width - 0.5 - camera.cx) / camera.fx + (FOV_CLAMP - 1.0) * tan_x
-    y_lo = -(camera.cy + 0.5) / camera.fy - (FOV_CLAMP - 1.0) * tan_y
-    y_hi = (height - 0.5 - camera.cy) / camera.fy + (FOV_CLAMP - 1.0) * tan_y
+    x_lo, x_hi, y_lo, y_hi = projection_clamp(camera)
     campos = -R.T @ t
     opacities = torch.sigmoid(opacity_logits)
     basis_degree = sh_degree
