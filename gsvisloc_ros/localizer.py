@@ -152,6 +152,9 @@ class LocalizerConfig:
         encoder: 2D encoder name (``"xfeat"`` or ``"sift"``).
         device: torch device (``"auto"``: CUDA when present), for the encoder, matching and rendering.
         query_keypoints: keypoints extracted from the query.
+        working_size: longest side, in pixels, of the image the pipeline works on: a larger query
+            is reduced to it (area averaging, intrinsics scaled with it) before anything else, so a
+            1080p photo costs what a 640x480 frame does; ``None``: every image at its own size.
         retrieval: which virtual images are matched (:class:`RetrievalConfig`).
         view_matching: matcher settings for query vs virtual views and vs renders.
         landmark_matching: matcher settings for the global fallback against all landmarks.
@@ -169,6 +172,7 @@ class LocalizerConfig:
     encoder: str = "xfeat"
     device: str = "auto"
     query_keypoints: int = 2048
+    working_size: int | None = 640
     retrieval: RetrievalConfig = field(default_factory=RetrievalConfig)
     view_matching: MatchingConfig = field(default_factory=lambda: MatchingConfig(min_similarity=0.6))
     landmark_matching: MatchingConfig = field(default_factory=lambda: MatchingConfig(min_similarity=0.75))
@@ -186,6 +190,8 @@ class LocalizerConfig:
     def __post_init__(self) -> None:
         if self.query_keypoints < 16:
             raise ValueError(f"query_keypoints must be >= 16, got {self.query_keypoints}")
+        if self.working_size is not None and self.working_size < 64:
+            raise ValueError(f"working_size must be >= 64 pixels or None, got {self.working_size}")
 
     @classmethod
     def from_dict(cls, values: dict) -> LocalizerConfig:
@@ -306,8 +312,18 @@ class Localizer:
         problem = self._check_input(image, camera, prior)
         if problem:
             return LocalizationResult(False, failure_reason=problem)
+        image, camera = self._working_image(image, camera)
         with self._lock:
             return self._localize(image, camera, prior)
+
+    def _working_image(self, image: np.ndarray, camera: PinholeCamera) -> tuple[np.ndarray, PinholeCamera]:
+        """``image`` and ``camera`` reduced to :attr:`LocalizerConfig.working_size` (the pose is the
+        same: only pixels change size). Reprojection errors are then in working pixels."""
+        size = self.config.working_size
+        if size is None or max(camera.size) <= size:
+            return image, camera
+        small = camera.scaled(size / max(camera.size))
+        return cv2.resize(image, small.size, interpolation=cv2.INTER_AREA), small
 
     # ------------------------------------------------------------------ stages
 

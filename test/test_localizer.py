@@ -244,3 +244,24 @@ def test_the_device_setting_chooses_the_render_backend(tabletop_localizer):
     assert [backend_for_device(d) for d in ("cpu", "cuda", "cuda:1", "auto")] == ["cpu", "cuda", "cuda", "auto"]
     with pytest.raises(ValueError, match="unknown device"):
         backend_for_device("tpu")
+
+
+def test_large_images_are_reduced_to_the_working_size_with_their_intrinsics(tabletop_localizer):
+    big_camera = CAMERA.scaled(2.0)  # 1280x960
+    T = look_at((0.9, 0.5, 0.6), (0.0, 0.0, 0.1), up=(0, 0, 1))
+    big = render(tabletop_localizer.map, big_camera, invert_pose(T)).rgb_u8
+    image, camera = tabletop_localizer._working_image(big, big_camera)
+    assert image.shape == (480, 640, 3) and camera.size == (640, 480)
+    # The same world point lands on the same place of the picture at both sizes.
+    point = np.array([[0.1, -0.05, 0.12, 1.0]])
+    uv_big, _ = big_camera.project((invert_pose(T) @ point.T).T[:, :3])
+    uv_small, _ = camera.project((invert_pose(T) @ point.T).T[:, :3])
+    np.testing.assert_allclose((uv_big + 0.5) / 2.0 - 0.5, uv_small, atol=1e-9)
+    result = tabletop_localizer.localize(big, big_camera)
+    assert result.success, result.failure_reason
+    dt, dr = pose_errors(result.T_world_camera, T)
+    assert dt < 0.01 and dr < 0.5, (dt, dr)
+    full = tabletop_localizer.variant(working_size=None)
+    assert full._working_image(big, big_camera)[1] is big_camera  # None: every image at its own size
+    with pytest.raises(ValueError, match="working_size"):
+        LocalizerConfig(working_size=32)
