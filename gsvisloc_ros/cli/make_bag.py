@@ -3,7 +3,12 @@
 The bag holds the images (raw ``rgb8``, or JPEG with ``--compressed``), the camera info, ``/tf``
 (``odom -> base_link``, drifting odometry), ``/tf_static`` (``base_link -> camera_optical_frame``)
 and the ground truth (``/ground_truth/camera_pose``, the optical frame in ``map``). ``MAP`` may be
-the word ``default``: the embedded procedural tabletop scene. See
+the word ``default``: the embedded procedural tabletop scene.
+
+``gsvisloc make-bag --photos SET --out BAG`` writes a posed photo set instead (a folder with a
+COLMAP model or a ``transforms.json``, as ``gsvisloc fit`` reads): the photos as they are, in name
+order at ``--rate``, with their camera info (distortion included) and their poses as the ground
+truth, so that ``evaluate-bag`` measures the localizer and the node on real images. See
 :mod:`gsvisloc_ros.evaluation.bags` for the topics and :mod:`gsvisloc_ros.synthetic.trajectories`
 for the trajectories.
 """
@@ -20,8 +25,11 @@ from gsvisloc_ros.cli import COMMANDS, CommandError
 
 def register(subparsers: argparse._SubParsersAction) -> None:
     parser = subparsers.add_parser("make-bag", help=COMMANDS["make-bag"], description=__doc__.splitlines()[0])
-    parser.add_argument("--map", required=True, metavar="MAP",
+    source = parser.add_mutually_exclusive_group(required=True)
+    source.add_argument("--map", metavar="MAP",
                         help="a 3DGS map file (.ply or .splat), or 'default' for the embedded tabletop scene")
+    source.add_argument("--photos", metavar="SET",
+                        help="a posed photo set (COLMAP model or transforms.json) to write instead of renders")
     parser.add_argument("--out", required=True, metavar="BAG", help="the bag directory to create")
     add_trajectory_arguments(parser)
     parser.add_argument("--storage", default="sqlite3", choices=("sqlite3", "mcap"),
@@ -72,6 +80,21 @@ def make_bag(args: argparse.Namespace, gmap, out: Path, progress: bool = True):
                                compressed=getattr(args, "compressed", False), progress=progress)
 
 
+def make_photo_bag(args: argparse.Namespace, out: Path, progress: bool = True):
+    """Write the photo set ``args.photos`` into a bag at ``args.rate``; returns its summary."""
+    from gsvisloc_ros.evaluation.bag_writer import write_photo_bag
+    from gsvisloc_ros.io.photosets import PhotoSetError, load_photo_set
+
+    if not args.rate > 0:
+        raise CommandError(f"--rate must be positive, got {args.rate}")
+    try:
+        photo_set = load_photo_set(args.photos)
+        return write_photo_bag(out, photo_set, args.rate, storage=args.storage, compressed=args.compressed,
+                               progress=progress)
+    except (PhotoSetError, ValueError, FileNotFoundError) as exc:
+        raise CommandError(str(exc)) from None
+
+
 def run(args: argparse.Namespace) -> int:
     out = Path(args.out)
     if out.exists():
@@ -80,12 +103,15 @@ def run(args: argparse.Namespace) -> int:
         if not (out / "metadata.yaml").exists() and any(out.iterdir()):
             raise CommandError(f"{out} is not a bag (no metadata.yaml): not replacing it")
         shutil.rmtree(out)
-    gmap = load_map_argument(args.map)
-    summary = make_bag(args, gmap, out)
+    if args.photos:
+        summary = make_photo_bag(args, out)
+    else:
+        summary = make_bag(args, load_map_argument(args.map), out)
     if args.json:
         print(json.dumps(summary.to_dict()))
     else:
         topics = ", ".join(f"{t} ({n})" for t, n in summary.counts.items())
-        print(f"wrote {summary.frames} frames ({args.trajectory}, {args.size}) to {out} ({summary.storage}) "
+        what = f"photos of {args.photos}" if args.photos else f"{args.trajectory}, {args.size}"
+        print(f"wrote {summary.frames} frames ({what}) to {out} ({summary.storage}) "
               f"in {summary.seconds:.1f} s\ntopics: {topics}")
     return 0

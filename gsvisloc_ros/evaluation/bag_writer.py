@@ -143,13 +143,17 @@ class BagWriter:
                                     step=3 * w, data=rgb.reshape(-1))
         self._write("image", stamp_ns, msg)
 
-    def write_camera_info(self, stamp_ns: int, frame_id: str, camera: PinholeCamera) -> None:
+    def write_camera_info(self, stamp_ns: int, frame_id: str, camera: PinholeCamera, distortion=None) -> None:
+        """``camera``'s intrinsics and OpenCV ``distortion`` (k1, k2, p1, p2[, k3]; none: zeros) as plumb-bob."""
         t = self.types
         K = camera.K
         P = np.hstack([K, np.zeros((3, 1))])
+        d = np.zeros(5)
+        if distortion is not None:
+            d[: len(distortion)] = np.asarray(distortion, dtype=np.float64)[:5]
         msg = t[CAMERA_INFO](
             header=self._header(stamp_ns, frame_id), height=camera.height, width=camera.width,
-            distortion_model="plumb_bob", d=np.zeros(5), k=K.reshape(-1), r=np.eye(3).reshape(-1),
+            distortion_model="plumb_bob", d=d, k=K.reshape(-1), r=np.eye(3).reshape(-1),
             p=P.reshape(-1), binning_x=0, binning_y=0,
             roi=t["sensor_msgs/msg/RegionOfInterest"](x_offset=0, y_offset=0, height=0, width=0, do_rectify=False))
         self._write("camera_info", stamp_ns, msg)
@@ -219,3 +223,41 @@ def write_synthetic_bag(path: str | Path, gmap, trajectory, camera: PinholeCamer
         shutil.rmtree(path, ignore_errors=True)  # never leave half a bag behind
         raise
     return BagSummary(path, storage, len(stamps), dict(bag.counts), camera, time.perf_counter() - start)
+
+
+def write_photo_bag(path: str | Path, photo_set, rate_hz: float = 1.0, storage: str = "sqlite3",
+                    compressed: bool = False, progress: bool = True, start_ns: int = SYNTHETIC_START_NS,
+                    frame_id: str = "camera_optical_frame") -> BagSummary:
+    """Write the photos of a posed photo set (:func:`gsvisloc_ros.io.photosets.load_photo_set`), in
+    name order at ``rate_hz``, into a new bag: each photo as it is on disk (distorted), its camera
+    info with the distortion, and its pose as the ground truth. No ``/tf``: photos have no odometry."""
+    import time
+
+    import cv2
+    from tqdm import tqdm
+
+    if not rate_hz > 0:
+        raise ValueError(f"the rate must be positive, got {rate_hz}")
+    start = time.perf_counter()
+    path = Path(path)
+    photos = list(photo_set.photos)
+    try:
+        with BagWriter(path, storage, compressed) as bag:
+            for i, photo in enumerate(tqdm(photos, desc="writing photos", unit="photo", disable=not progress)):
+                bgr = cv2.imread(str(photo.path), cv2.IMREAD_COLOR)
+                if bgr is None:
+                    raise ValueError(f"cannot read the photo {photo.path}")
+                if (bgr.shape[1], bgr.shape[0]) != photo.camera.size:
+                    raise ValueError(f"the photo {photo.name} is {bgr.shape[1]}x{bgr.shape[0]} but its camera "
+                                     f"says {photo.camera.width}x{photo.camera.height}")
+                stamp = start_ns + int(round(i / rate_hz * 1e9))
+                bag.write_camera_info(stamp, frame_id, photo.camera, photo.distortion)
+                bag.write_image(stamp, frame_id, cv2.cvtColor(bgr, cv2.COLOR_BGR2RGB))
+                bag.write_pose(stamp, "map", photo.T_world_camera)
+    except BaseException:
+        import shutil
+
+        shutil.rmtree(path, ignore_errors=True)  # never leave half a bag behind
+        raise
+    camera = photos[0].camera if photos else None
+    return BagSummary(path, storage, len(photos), dict(bag.counts), camera, time.perf_counter() - start)
