@@ -380,8 +380,9 @@ class Localizer:
             hypotheses, source = self._coarse(turned, camera, kind, prior, timer,
                                               landmarks=kind == Search.GLOBAL and not degrees)
             budget = len(refined) + cfg.max_refinements
+            challenged = False
             for coarse in hypotheses:
-                if len(refined) == budget:
+                if len(refined) >= budget + (1 if ok else 0):
                     break
                 if any(self._same_pose(coarse.T_world_camera, T) for T in refined):
                     continue
@@ -389,12 +390,18 @@ class Localizer:
                 candidate = self._refine(levels, coarse.T_world_camera) if cfg.refinement.iterations \
                     else coarse
                 timer.lap("refinement")
-                ok, why = cfg.acceptance.check(candidate)
-                # A refused search reports its strongest candidate (most inliers), not its last.
-                if ok or estimate is None or candidate.num_inliers > estimate.num_inliers:
-                    estimate, reason = candidate, why
-                if ok:
+                passed, why = cfg.acceptance.check(candidate)
+                # The strongest candidate wins: among accepted ones the most inliers (an accepted
+                # pose is challenged by the next distinct hypothesis: matches to repeated
+                # structure, e.g. the stripes of a curtain, can refine into a consistent wrong
+                # pose with fewer inliers than the right one); a refused search reports its
+                # strongest refusal.
+                if (passed and (not ok or candidate.num_inliers > estimate.num_inliers)) or (
+                        not ok and (estimate is None or candidate.num_inliers > estimate.num_inliers)):
+                    estimate, reason, ok = candidate, why, ok or passed
+                if ok and challenged:
                     break
+                challenged = ok
             if ok:
                 break
         if estimate is None:

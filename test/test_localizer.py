@@ -265,3 +265,34 @@ def test_large_images_are_reduced_to_the_working_size_with_their_intrinsics(tabl
     assert full._working_image(big, big_camera)[1] is big_camera  # None: every image at its own size
     with pytest.raises(ValueError, match="working_size"):
         LocalizerConfig(working_size=32)
+
+
+def test_an_accepted_pose_is_challenged_by_the_next_distinct_hypothesis(tabletop_localizer, monkeypatch):
+    """Repeated structure can refine into a consistent wrong pose: the next distinct hypothesis is
+    refined too, and the accepted pose with the most inliers wins."""
+    from gsvisloc_ros.pose import PoseEstimate, PoseGeometry
+
+    image, T_true = _query(tabletop_localizer, (0.9, 0.5, 0.6), (0.0, 0.0, 0.1))
+    T_wrong = T_true.copy()
+    T_wrong[:3, 3] += [0.3, 0.0, 0.0]  # distinct: far beyond _same_pose
+    firm = PoseGeometry(0.5, 0.001, 0.05)
+
+    def estimate(T, inliers):
+        mask = np.ones(inliers + 20, dtype=bool)
+        mask[inliers:] = False
+        return PoseEstimate(True, T, mask, inliers, inliers + 20, 0.5, np.eye(6) * 1e-6, "test", geometry=firm)
+
+    hypotheses = [estimate(T_wrong, 130), estimate(T_true, 100), estimate(T_true @ np.diag([1, 1, 1, 1.0]), 90)]
+    refined = {id(T_wrong): estimate(T_wrong, 245), id(T_true): estimate(T_true, 842)}
+    calls = []
+
+    def fake_refine(levels, T):
+        calls.append(T)
+        return refined[id(T)]
+
+    monkeypatch.setattr(tabletop_localizer, "_coarse", lambda *a, **k: (hypotheses, "views"))
+    monkeypatch.setattr(tabletop_localizer, "_refine", fake_refine)
+    result = tabletop_localizer.localize(image, CAMERA)
+    assert result.success and result.num_inliers == 842
+    np.testing.assert_allclose(result.T_world_camera, T_true)
+    assert len(calls) == 2  # the wrong pose, then its challenger; the third hypothesis repeats the second
