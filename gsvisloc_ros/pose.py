@@ -412,9 +412,10 @@ class PoseAcceptance:
     (5-170 deg off) had coverage <= 0.08 or position uncertainty >= 0.0056 and rotation
     uncertainty >= 0.3 deg, and the plant close-up accepted 10 deg off before these tests had
     coverage 0.074, position uncertainty 0.0044, rotation uncertainty 0.24 deg. Coverage is the
-    test that separates them; the uncertainties are the backstop for inliers spread into a few
-    distant clusters. Flat patches are the weakest: a poster filling 14 % of the image measures
-    ~0.0047 (refused), 28 % ~0.0024 (accepted).
+    test that separates them, with a thin margin: after the encoding changed, one estimate 5.6 deg
+    off had coverage 0.104 and right ones went down to 0.118, hence 0.115. The uncertainties are
+    the backstop for inliers spread into a few distant clusters. Flat patches are the weakest: a
+    poster filling 14 % of the image measures ~0.0047 (refused), 28 % ~0.0024 (accepted).
 
     Attributes:
         min_inliers: minimum number of inliers.
@@ -428,7 +429,7 @@ class PoseAcceptance:
     min_inliers: int = 30
     min_inlier_ratio: float = 0.2
     max_rmse_px: float = 3.0
-    min_coverage: float | None = 0.1
+    min_coverage: float | None = 0.115
     max_position_uncertainty: float | None = 0.0035
     max_rotation_uncertainty_deg: float | None = 0.2
 

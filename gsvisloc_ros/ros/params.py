@@ -73,7 +73,7 @@ PARAMETERS: tuple[Spec, ...] = (
     Spec("min_inliers", 40, "a pose needs at least this many PnP inliers", 4, 100000),
     Spec("min_inlier_ratio", 0.5, "a pose needs at least this fraction of its matches as inliers", 0.0, 1.0),
     Spec("max_rmse_px", 2.0, "a pose needs an inlier reprojection RMSE at most this (pixels)", 0.01, 100.0),
-    Spec("min_inlier_coverage", 0.1, "a pose needs its inliers' convex hull to cover at least this fraction of "
+    Spec("min_inlier_coverage", 0.115, "a pose needs its inliers' convex hull to cover at least this fraction of "
          "the image (weak geometry otherwise); 0: no check", 0.0, 1.0),
     Spec("max_position_uncertainty", 0.0035, "a pose needs a position uncertainty from the inliers' geometry "
          "(1 px of noise at 640x480, at most 300 inliers counted) of at most this fraction of their depth; "
@@ -197,7 +197,7 @@ class NodeParams:
     min_inliers: int = 40
     min_inlier_ratio: float = 0.5
     max_rmse_px: float = 2.0
-    min_inlier_coverage: float = 0.1
+    min_inlier_coverage: float = 0.115
     max_position_uncertainty: float = 0.0035
     max_rotation_uncertainty_deg: float = 0.2
     max_jump_translation: float = _TRACKING.max_jump_translation
