@@ -157,3 +157,19 @@ def test_error_cdf_counts_strictly_below_and_failures_never():
     cdf = error_cdf([0.5, 1.0, None, float("nan"), float("inf")], [0.5, 1.0, 1.5, 1e9])
     assert cdf == pytest.approx([0.0, 0.2, 0.4, 0.4])
     assert error_cdf([], [1.0]).tolist() == [0.0]
+
+
+def test_error_scale_is_the_distance_to_the_centre_around_objects_and_the_extent_in_rooms():
+    from gsvisloc_ros.evaluation.metrics import ErrorScale, as_error_scale
+    from gsvisloc_ros.scene import SceneGeometry
+
+    near_centre = make_pose(np.eye(3), [0.01, 0.0, 0.0])
+    around = ErrorScale.for_geometry(SceneGeometry(np.zeros(3), 2.0, 3.0, "object", 5.0))
+    inside = ErrorScale.for_geometry(SceneGeometry(np.zeros(3), 2.0, 3.0, "inside_out", 2.0))
+    assert around.of(near_centre) == pytest.approx(0.01) and around.name == "distance to the map centre"
+    assert inside.of(near_centre) == 2.0 and inside.name == "map extent"
+    assert "2 map units" in inside.describe()
+    assert as_error_scale([1.0, 2.0, 3.0]) == ErrorScale((1.0, 2.0, 3.0))
+    assert as_error_scale(inside) is inside
+    with pytest.raises(ValueError, match="positive"):
+        ErrorScale((0.0, 0.0, 0.0), 0.0)

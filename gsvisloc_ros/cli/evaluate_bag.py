@@ -62,11 +62,12 @@ def evaluate(bag: Path, map_spec: str, gmap, out: Path, args: argparse.Namespace
     """Replay ``bag`` and write the results into ``out``; returns (metrics, report path)."""
     from gsvisloc_ros.camera import PinholeCamera
     from gsvisloc_ros.evaluation.bags import inspect_bag
+    from gsvisloc_ros.evaluation.metrics import ErrorScale
     from gsvisloc_ros.evaluation.plots import make_plots
     from gsvisloc_ros.evaluation.replay import node_available, replay_direct, replay_through_node
     from gsvisloc_ros.evaluation.report import compute_metrics, write_report
     from gsvisloc_ros.localizer import Localizer
-    from gsvisloc_ros.synthetic import DEFAULT_MAP_NAME, map_extent
+    from gsvisloc_ros.synthetic import DEFAULT_MAP_NAME
 
     if through_node:
         ok, why = node_available()
@@ -96,8 +97,8 @@ def evaluate(bag: Path, map_spec: str, gmap, out: Path, args: argparse.Namespace
     except RuntimeError as exc:  # the node did not come up, or rclpy failed
         raise CommandError(str(exc)) from exc
     seconds = time.perf_counter() - start
-    centre = map_extent(gmap)[0]
-    metrics = compute_metrics(outcomes, centre)
+    scale = ErrorScale.for_geometry(localizer.scene.geometry)  # the map extent for rooms
+    metrics = compute_metrics(outcomes, scale)
     mode = "node" if through_node else "localizer"
     context = {
         "bag": str(bag), "map": map_spec, "mode": mode,
@@ -108,7 +109,7 @@ def evaluate(bag: Path, map_spec: str, gmap, out: Path, args: argparse.Namespace
         "gt_topic": contents.gt_topic, "notes": contents.notes, "seconds": round(seconds, 2),
         "encoder": localizer.config.encoder,
     }
-    plots = make_plots(outcomes, centre, out, gmap)
+    plots = make_plots(outcomes, scale, out, gmap)
     report = write_report(out, outcomes, metrics, context, plots)
     return metrics, report
 

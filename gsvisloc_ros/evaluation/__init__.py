@@ -6,6 +6,8 @@ Only the metrics are imported here (pure numpy); ``queries`` renders and is impo
 from gsvisloc_ros.evaluation.metrics import (
     ABSOLUTE_THRESHOLDS,
     RELATIVE_THRESHOLDS,
+    ErrorScale,
+    as_error_scale,
     error_cdf,
     pose_error,
     rotation_error_deg,
@@ -18,6 +20,8 @@ from gsvisloc_ros.evaluation.metrics import (
 __all__ = [
     "ABSOLUTE_THRESHOLDS",
     "RELATIVE_THRESHOLDS",
+    "ErrorScale",
+    "as_error_scale",
     "error_cdf",
     "pose_error",
     "rotation_error_deg",

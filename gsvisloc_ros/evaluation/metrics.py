@@ -5,8 +5,11 @@ the last column is the camera centre in map units.
 
 * Translation error: distance between the estimated and the true camera centre (map units).
 * Rotation error: angle of ``R_est R_gt^T`` in degrees.
-* Scene scale of a frame: distance from its true camera centre to the scene centre. Maps come in
-  arbitrary units, so translation errors are also given as a fraction (or percentage) of it.
+* Scale of a frame (:class:`ErrorScale`): maps come in arbitrary units, so translation errors are
+  also given as a fraction (or percentage) of a scale. Around an object it is the distance from
+  the frame's true camera centre to the scene centre. Inside a room a camera can stand near the
+  centre, where that distance goes to zero, so inside-out maps use the map's extent instead: the
+  median distance of its opaque Gaussians to the centre, the same for every frame.
 * Recall at a threshold: fraction of the frames *with ground truth* whose estimate is accepted and
   within it, with strict ``<`` on both errors; a frame that was not localized is a miss.
 * Wrong accepted: accepted estimates that are outside the loosest threshold (relative when scales
@@ -24,6 +27,7 @@ from __future__ import annotations
 
 import math
 from collections.abc import Sequence
+from dataclasses import dataclass
 
 import numpy as np
 
@@ -59,6 +63,52 @@ def pose_error(T_est, T_gt) -> tuple[float, float]:
 def scene_scale(T_world_camera, centre) -> float:
     """Distance from the camera centre to the scene centre: the per-frame scale of relative errors."""
     return float(np.linalg.norm(_pose(T_world_camera)[:3, 3] - np.asarray(centre, dtype=np.float64).reshape(3)))
+
+
+@dataclass(frozen=True)
+class ErrorScale:
+    """What relative translation errors are a fraction of (see the module docstring).
+
+    ``extent`` ``None``: each frame's distance to ``centre`` (maps seen from around them);
+    a number: that extent for every frame (inside-out maps: rooms, buildings).
+    """
+
+    centre: tuple[float, float, float]
+    extent: float | None = None
+
+    def __post_init__(self) -> None:
+        object.__setattr__(self, "centre", tuple(float(v) for v in np.asarray(self.centre).reshape(3)))
+        if self.extent is not None and not (math.isfinite(self.extent) and self.extent > 0):
+            raise ValueError(f"the map extent must be a positive number, got {self.extent}")
+
+    @classmethod
+    def for_geometry(cls, geometry) -> ErrorScale:
+        """The scale for a map's :class:`~gsvisloc_ros.scene.SceneGeometry`: its extent when it is
+        seen from within (``layout == "inside_out"``), else the distance to its centre."""
+        return cls(geometry.centre, geometry.radius if geometry.layout == "inside_out" else None)
+
+    def of(self, T_world_camera) -> float:
+        """The scale of a frame whose true pose is ``T_world_camera``."""
+        return self.extent if self.extent is not None else scene_scale(T_world_camera, self.centre)
+
+    @property
+    def name(self) -> str:
+        return "map extent" if self.extent is not None else "distance to the map centre"
+
+    def describe(self) -> str:
+        """One sentence for reports."""
+        if self.extent is not None:
+            return (f"map extent (median distance of the opaque Gaussians to the map centre, the map is seen "
+                    f"from within): {self.extent:.4g} map units for every frame")
+        return "distance of each frame's true camera to the map's robust centre"
+
+    def to_dict(self) -> dict:
+        return {"name": self.name, "centre": list(self.centre), "extent": self.extent}
+
+
+def as_error_scale(scale_or_centre) -> ErrorScale:
+    """An :class:`ErrorScale`, or a centre (3 numbers) taken as distance-to-centre scale."""
+    return scale_or_centre if isinstance(scale_or_centre, ErrorScale) else ErrorScale(scale_or_centre)
 
 
 def threshold_key(translation: float, rotation_deg: float, relative: bool) -> str:

@@ -18,7 +18,7 @@ from pathlib import Path
 
 import numpy as np
 
-from gsvisloc_ros.evaluation.metrics import error_cdf, pose_error, scene_scale
+from gsvisloc_ros.evaluation.metrics import as_error_scale, error_cdf, pose_error
 
 GOOD, WRONG, MISS, TRUTH = "#2ca02c", "#ff7f0e", "#d62728", "#1f77b4"
 
@@ -38,13 +38,15 @@ def _no_ground_truth(ax) -> None:
 
 
 def frame_errors(outcomes, centre) -> dict:
-    """Per-frame arrays of the frames with ground truth: time, errors (inf when not localized), scale."""
+    """Per-frame arrays of the frames with ground truth: time, errors (inf when not localized), scale
+    (``centre``: an :class:`~gsvisloc_ros.evaluation.metrics.ErrorScale` or the map centre)."""
+    error_scale = as_error_scale(centre)
     rows = [o for o in outcomes if o.usable and o.T_gt is not None]
     t0 = min((o.stamp_ns for o in outcomes), default=0)
     time_s = np.array([(o.stamp_ns - t0) * 1e-9 for o in rows])
     err = np.array([pose_error(o.T_est, o.T_gt) if o.success and o.T_est is not None else (np.inf, np.inf)
                     for o in rows]).reshape(-1, 2)
-    scale = np.array([scene_scale(o.T_gt, centre) for o in rows])
+    scale = np.array([error_scale.of(o.T_gt) for o in rows])
     return {"rows": rows, "time": time_s, "translation": err[:, 0], "rotation": err[:, 1], "scale": scale}
 
 

@@ -1,8 +1,9 @@
 """The results of a replay: ``metrics.json``, ``frames.jsonl``, ``report.md`` and the plots.
 
 Metrics come from :func:`gsvisloc_ros.evaluation.metrics.summarise` over the frames that could be
-decoded and have ground truth; the scene scale of a frame is its true camera's distance to the
-map's robust centre (the median of its opaque Gaussians). Frames the bag could not provide are
+decoded and have ground truth; the scale of relative errors is an
+:class:`~gsvisloc_ros.evaluation.metrics.ErrorScale`: a frame's distance to the map's robust centre,
+or the map's extent for maps seen from within. Frames the bag could not provide are
 counted apart (``unusable``, with reasons) and are not localization failures.
 """
 
@@ -15,7 +16,7 @@ from pathlib import Path
 
 import numpy as np
 
-from gsvisloc_ros.evaluation.metrics import pose_error, scene_scale, summarise
+from gsvisloc_ros.evaluation.metrics import as_error_scale, pose_error, summarise
 
 #: The recall keys every metrics.json carries (None when they cannot be measured).
 RECALL_KEYS = ("1pct_1deg", "2pct_2deg", "5pct_5deg", "5cm_5deg", "10cm_5deg")
@@ -26,8 +27,10 @@ def _reason_group(reason: str) -> str:
     return re.sub(r"-?\d+(\.\d+)?", "N", reason).strip() or "(no reason given)"
 
 
-def compute_metrics(outcomes, centre) -> dict:
-    """The metrics of a replay (see the module docstring); JSON-ready."""
+def compute_metrics(outcomes, scale) -> dict:
+    """The metrics of a replay (see the module docstring); JSON-ready. ``scale``: an
+    :class:`~gsvisloc_ros.evaluation.metrics.ErrorScale`, or the map centre (distance to it)."""
+    scale = as_error_scale(scale)
     usable = [o for o in outcomes if o.usable]
     with_gt = [o for o in usable if o.T_gt is not None]
     latencies = [o.latency_ms if o.latency_ms is not None else np.nan for o in usable]
@@ -36,7 +39,7 @@ def compute_metrics(outcomes, centre) -> dict:
         errors = [pose_error(o.T_est, o.T_gt) if o.success and o.T_est is not None else (None, None)
                   for o in with_gt]
         summary = summarise([e[0] for e in errors], [e[1] for e in errors],
-                            scales=[scene_scale(o.T_gt, centre) for o in with_gt],
+                            scales=[scale.of(o.T_gt) for o in with_gt],
                             accepted=[o.success for o in with_gt])
     else:  # no ground truth: only whether a pose came back, and how fast
         summary = {"localized_fraction": float(np.mean([o.success for o in usable])) if usable else None,
@@ -59,8 +62,9 @@ def compute_metrics(outcomes, centre) -> dict:
         **summary,
         "latency_ms": timing,
         "failure_reasons": dict(failures.most_common()),
-        "scene_centre": [float(v) for v in np.asarray(centre).reshape(3)],
-        "mean_scene_scale": float(np.mean([scene_scale(o.T_gt, centre) for o in with_gt])) if with_gt else None,
+        "scene_centre": list(scale.centre),
+        "scale": scale.to_dict(),
+        "mean_scene_scale": float(np.mean([scale.of(o.T_gt) for o in with_gt])) if with_gt else None,
     }
 
 
@@ -82,7 +86,8 @@ def summary_table(metrics: dict) -> list[tuple[str, str]]:
         ("frames (evaluated / in bag)", f"{metrics['evaluated']} / {metrics['frames']}"),
         ("localized", percent(metrics.get("localized_fraction"))),
         ("median translation error", number(metrics.get("median_translation"), ".3g", " cm", 100)
-         + f" ({number(metrics.get('median_translation_pct_scale'), '.3g', '% of scale')})"),
+         + f" ({number(metrics.get('median_translation_pct_scale'), '.3g', '% of ')}"
+         f"{(metrics.get('scale') or {}).get('name', 'scale')})"),
         ("median rotation error", number(metrics.get("median_rotation_deg"), ".3g", " deg")),
         ("recall (1 % scale, 1 deg)", percent(recall.get("1pct_1deg"))),
         ("recall (2 % scale, 2 deg)", percent(recall.get("2pct_2deg"))),
@@ -127,8 +132,9 @@ def write_report(out_dir: str | Path, outcomes, metrics: dict, context: dict, pl
     lines += [
         "",
         "Errors are measured on the frames that were decoded and have ground truth; a frame without a "
-        "pose is a miss in the recall. The scene scale of a frame is its true camera's distance to the "
-        f"map's robust centre (mean here: {number(metrics.get('mean_scene_scale'))} map units). "
+        "pose is a miss in the recall. Relative errors are fractions of the "
+        f"{(metrics.get('scale') or {}).get('name', 'distance to the map centre')} "
+        f"(mean here: {number(metrics.get('mean_scene_scale'))} map units). "
         "Wrong poses accepted: accepted estimates outside the loosest threshold "
         f"({metrics.get('wrong_threshold') or 'n/a'}). Latency: "
         + ("publishing the image to receiving the node's answer." if context.get("mode") == "node"
