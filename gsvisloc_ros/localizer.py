@@ -162,7 +162,8 @@ class LocalizerConfig:
         min_coarse_inliers: a coarse pose with fewer inliers is not refined.
         max_refinements: coarse hypotheses (distinct poses, most inliers first) refined per attempt.
         retry_rotated: when no pose is accepted, try again with the query turned by 45 degrees
-            (quarter turns are 90 degrees apart; not with a rotation-invariant encoder).
+            (quarter turns are 90 degrees apart; not with a rotation-invariant encoder, nor with an
+            upright scene, ``scene.up``, whose query is level and never turned).
         refinement: the render-and-match rounds (:class:`RefinementConfig`).
         acceptance: thresholds a pose must pass to be returned as a success.
         scene: how the map is encoded.
@@ -354,7 +355,8 @@ class Localizer:
                                       timings_ms=timer.ms)
 
         estimate, reason, source, ok = None, "no coarse pose: too few consistent matches", CoarseSource.NONE, False
-        refined: list[np.ndarray] = []
+        refined: list[np.ndarray] = []  # the coarse poses refined so far
+        landed: list[np.ndarray] = []  # where their refinements ended
         levels = {1.0: (image, query, camera)}  # the query at each refinement scale, made once per image
         if prior is not None and cfg.refinement.iterations:
             # Tracking: a good prior needs no coarse stage, the render at the prior is close enough.
@@ -372,7 +374,8 @@ class Localizer:
         searches = [(Search.PRIOR, 0.0)] if prior is not None else []
         searches += [(Search.GLOBAL, 0.0)]
         searches += [(Search.WIDE, 0.0)] if cfg.retrieval.wide_shortlist > cfg.retrieval.shortlist else []
-        searches += [(Search.GLOBAL, 45.0)] if cfg.retry_rotated and not self.encoder.rotation_invariant else []
+        searches += [(Search.GLOBAL, 45.0)] if (cfg.retry_rotated and not self.encoder.rotation_invariant
+                                                and cfg.scene.up is None) else []
         for kind, degrees in searches:
             if degrees:
                 turned = self._turned_features(image, degrees)
@@ -387,9 +390,14 @@ class Localizer:
                 if any(self._same_pose(coarse.T_world_camera, T) for T in refined):
                     continue
                 refined.append(coarse.T_world_camera)
-                candidate = self._refine(levels, coarse.T_world_camera) if cfg.refinement.iterations \
+                candidate = self._refine(levels, coarse.T_world_camera, landed) if cfg.refinement.iterations \
                     else coarse
                 timer.lap("refinement")
+                if candidate is None:  # it refines into a pose already refined: nothing new to weigh
+                    if ok:
+                        break
+                    continue
+                landed.append(candidate.T_world_camera)
                 passed, why = cfg.acceptance.check(candidate)
                 # The strongest candidate wins: among accepted ones the most inliers (an accepted
                 # pose is challenged by the next distinct hypothesis: matches to repeated
@@ -465,7 +473,8 @@ class Localizer:
     def _query_turns(self) -> int:
         """Quarter turns of the query that complete the scene's own in-plane rotations to all four
         (1 for a rotation-invariant encoder)."""
-        return 1 if self.encoder.rotation_invariant else 4 // self.config.scene.rolls
+        upright = self.config.scene.up is not None  # level views of a level camera: no turn needed
+        return 1 if self.encoder.rotation_invariant or upright else 4 // self.config.scene.rolls
 
     def _turned_features(self, image: np.ndarray, degrees: float, unturned: Features | None = None) -> list[Features]:
         """Features of ``image`` turned by ``degrees`` and then by each of :attr:`_query_turns` quarter
@@ -546,7 +555,7 @@ class Localizer:
         timer.lap("pnp")
         return estimate
 
-    def _refine(self, levels: dict, T_world_camera: np.ndarray) -> PoseEstimate:
+    def _refine(self, levels: dict, T_world_camera: np.ndarray, landed: list | None = None) -> PoseEstimate | None:
         """Render-and-match rounds from ``T_world_camera`` until the pose stops moving.
 
         Each round renders the map at the current estimate, matches the query against the render,
@@ -560,6 +569,10 @@ class Localizer:
 
         ``levels`` maps an image scale to (image, its features, its camera); it holds scale 1 and
         gains the reduced query the first time it is needed, for the other hypotheses of the image.
+        ``landed``: poses earlier refinements of the image ended at; when the reduced first round
+        lands on one of them, this refinement would repeat it and returns ``None`` instead (measured
+        on the shared room photos: the challenger of an accepted pose is nearly always another
+        virtual view of the same place, and its full-resolution rounds were half of the refinement).
         """
         cfg = self.config.refinement
         scales = [1.0] * cfg.iterations
@@ -579,6 +592,8 @@ class Localizer:
                 # when it found a pose of its own.
                 if estimate.success and estimate.num_inliers >= self.config.min_coarse_inliers:
                     T = estimate.T_world_camera
+                    if any(self._same_pose(T, other) for other in landed or ()):
+                        return None
                 continue
             if not estimate.success or (previous is not None and estimate.num_inliers < 0.5 * previous.num_inliers):
                 return previous if previous is not None else estimate
