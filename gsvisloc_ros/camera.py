@@ -189,6 +189,29 @@ def look_at(eye, target, up=(0.0, -1.0, 0.0)) -> np.ndarray:
     return make_pose(np.stack([x, y, z], axis=1), eye)
 
 
+def level_up(T_world_cameras) -> tuple[np.ndarray, float]:
+    """The world's up direction from cameras that were held level, and their largest roll (degrees).
+
+    A level camera's x axis is horizontal, so up is the direction most nearly perpendicular to
+    every camera's x axis (the least eigenvector of their scatter), turned to the side the image-up
+    axes (-y) lean to. Works for photographers, robots and rings of cameras looking down alike
+    (averaging -y does not: part of a ring looking down averages to a tilted axis). Needs 2+ poses whose
+    x axes are not all parallel.
+    """
+    poses = np.asarray(T_world_cameras, dtype=np.float64).reshape(-1, 4, 4)
+    x, image_up = poses[:, :3, 0], -poses[:, :3, 1]
+    if len(poses) < 2:
+        raise ValueError("estimating the up direction needs at least 2 camera poses")
+    values, vectors = np.linalg.eigh(x.T @ x)
+    if values[1] < 1e-6 * len(poses):
+        raise ValueError("every camera's x axis is parallel: the up direction is not determined")
+    up = vectors[:, 0]
+    if np.sum(image_up @ up) < 0:
+        up = -up
+    roll = np.degrees(np.arcsin(np.clip(np.abs(x @ up), 0.0, 1.0)))
+    return up, float(roll.max())
+
+
 def rotation_error_deg(R_a: np.ndarray, R_b: np.ndarray) -> float:
     """Angle of ``R_a R_b^T`` in degrees, in [0, 180] (rotations or poses: their top-left 3x3).
 

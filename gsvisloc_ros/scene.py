@@ -40,7 +40,7 @@ from gsvisloc_ros.retrieval import nearest_words, train_vocabulary
 log = logging.getLogger(__name__)
 
 #: Bump when the encoding changes in a way that invalidates caches.
-ENCODING_VERSION = 4
+ENCODING_VERSION = 5
 LAYOUTS = ("auto", "object", "inside_out")
 
 
@@ -74,6 +74,16 @@ class SceneConfig:
         landmarks_per_roll: target landmark count per roll bucket (sets the fusing voxel size).
         vocabulary_words: visual words of the retrieval's inverted file (more words: fewer stored
             descriptors searched per query descriptor, more nearest neighbours filed under another word).
+        up: the map's up direction (map coordinates) for an upright encoding, ``None`` for the
+            general one. Upright: every virtual view is rendered level (image-up along ``up``, as a
+            robot's level-mounted camera sees), views steeper than ``max_pitch_deg`` are left out,
+            and the localizer does not turn the query (:attr:`rolls` must be 1): about 4x fewer
+            encoder runs per query. For cameras that are not level (hand-held, tilted), keep ``None``.
+        max_pitch_deg: upright encodings (and inside-out maps with an ``up``): the steepest view,
+            up or down from the horizon.
+        min_clearance: inside-out maps: a virtual camera needs this much free space (a fraction of
+            the map's radius) in front of it, and its position this much around it on average: a
+            position inside an object or behind a wall sees surfaces right in front of it.
     """
 
     min_opacity: float = 0.5
@@ -90,8 +100,21 @@ class SceneConfig:
     max_depth_step: float = 0.05
     landmarks_per_roll: int = 30000
     vocabulary_words: int = 256
+    up: tuple[float, float, float] | None = None
+    max_pitch_deg: float = 60.0
+    min_clearance: float = 0.08
 
     def __post_init__(self) -> None:
+        if self.up is not None:
+            up = np.asarray(self.up, dtype=float).reshape(-1)
+            if up.shape != (3,) or not np.all(np.isfinite(up)) or np.linalg.norm(up) == 0:
+                raise ValueError(f"up must be three finite numbers, not all 0, or None; got {self.up!r}")
+            object.__setattr__(self, "up", tuple(float(v) for v in up / np.linalg.norm(up)))
+            if self.rolls != 1:
+                raise ValueError(f"an upright encoding (up given) renders level views: rolls must be 1, got {self.rolls}")
+        if not 0 < self.max_pitch_deg <= 90 or not 0 <= self.min_clearance < 1:
+            raise ValueError(f"max_pitch_deg must be in (0, 90] and min_clearance in [0, 1), got "
+                             f"{self.max_pitch_deg}, {self.min_clearance}")
         if self.layout not in LAYOUTS:
             raise ValueError(f"layout must be one of {LAYOUTS}, got {self.layout!r}")
         if self.rolls not in (1, 2, 4):
@@ -252,10 +275,21 @@ def fibonacci_directions(count: int) -> np.ndarray:
     return np.stack([s * np.cos(phi), s * np.sin(phi), z], axis=1)
 
 
-def _up_for(direction: np.ndarray) -> np.ndarray:
-    """Any vector not parallel to ``direction`` (the roll is covered by the roll buckets)."""
-    up = np.array([0.0, 0.0, 1.0])
-    return up if abs(direction @ up) < 0.9 else np.array([1.0, 0.0, 0.0])
+def _up_for(direction: np.ndarray, up=None) -> np.ndarray:
+    """The image-up of a view along ``direction``: the map's ``up`` when given (a level view), else
+    any vector not parallel to ``direction`` (the roll is covered by the roll buckets)."""
+    if up is not None and abs(direction @ np.asarray(up)) < 0.999:
+        return np.asarray(up, dtype=float)
+    z = np.array([0.0, 0.0, 1.0])
+    return z if abs(direction @ z) < 0.9 else np.array([1.0, 0.0, 0.0])
+
+
+def _level_enough(directions: np.ndarray, config: SceneConfig) -> np.ndarray:
+    """The viewing directions within ``max_pitch_deg`` of the horizon (all of them without an ``up``)."""
+    if config.up is None:
+        return directions
+    pitch = np.degrees(np.arcsin(np.clip(directions @ np.asarray(config.up), -1.0, 1.0)))
+    return directions[np.abs(pitch) <= config.max_pitch_deg + 1e-9]
 
 
 def virtual_views(gmap: GaussianMap, geometry: SceneGeometry, config: SceneConfig,
@@ -267,21 +301,20 @@ def virtual_views(gmap: GaussianMap, geometry: SceneGeometry, config: SceneConfi
     view is clear (or kept as a close-up of what blocks it after three tries). Cameras closer than
     the typical distance also look ``close_aims`` ways off the centre (views that show little of
     the map are dropped).
-    Inside-out layout: cameras at and around the centre, looking out in every direction.
+    Inside-out layout: :func:`inside_out_views`.
+    With ``config.up`` (upright), every view is level and none is steeper than ``max_pitch_deg``.
     """
     directions = fibonacci_directions(config.view_directions)
     if geometry.layout == "inside_out":
-        offsets = np.vstack([np.zeros((1, 3)), 0.3 * geometry.radius * fibonacci_directions(6)])
-        return [look_at(p, p + d, _up_for(d)) for factor in config.distance_factors
-                for p in geometry.centre + offsets * factor for d in directions]
+        return inside_out_views(gmap, geometry, config, directions, backend)
     probe = PinholeCamera(60.0, 60.0, 39.5, 29.5, 80, 60)
     near = 0.01 * geometry.radius
     views = []
     for factor in config.distance_factors:
-        for d in directions:
+        for d in _level_enough(directions, config):
             distance = factor * geometry.typical_distance
             for _ in range(4):
-                T = look_at(geometry.centre + distance * d, geometry.centre, _up_for(d))
+                T = look_at(geometry.centre + distance * d, geometry.centre, _up_for(-d, config.up))
                 depth = render(gmap, probe, invert_pose(T), near=near, backend=backend).depth
                 if np.mean((depth > 0) & (depth < 0.35 * distance)) < 0.3:
                     break
@@ -291,6 +324,53 @@ def virtual_views(gmap: GaussianMap, geometry: SceneGeometry, config: SceneConfi
             views.append(T)
             if factor < 1.0:
                 views += _aimed_off_centre(gmap, T, config, probe, near, backend)
+    return views
+
+
+def inside_out_views(gmap: GaussianMap, geometry: SceneGeometry, config: SceneConfig, directions: np.ndarray,
+                     backend: str = "auto") -> list[np.ndarray]:
+    """Views from where a camera can be inside a room, looking out.
+
+    Candidate positions: the centre and six positions on each of the shells at ``0.3 *
+    distance_factors`` of the map's radius around it (flattened towards the horizontal plane when
+    ``up`` is known: cameras move over a floor more than up and down). A position is kept only in
+    free space: seen from it, the surfaces in six directions are on average at least
+    ``min_clearance`` radii away (inside furniture or a wall they are right there) and every one of
+    the six directions is covered (behind a wall, or outside the map, half the world is empty). From
+    each kept position, every direction whose own probe shows no surface closer than
+    ``min_clearance`` (a view into a wall shows a blur) becomes a view.
+    """
+    r = geometry.radius
+    up = None if config.up is None else np.asarray(config.up)
+    shell = fibonacci_directions(6)
+    if up is not None:  # mostly horizontal moves: squash the shell's vertical part to a third
+        shell = shell - (2.0 / 3.0) * np.outer(shell @ up, up)
+    positions = [geometry.centre] + [geometry.centre + 0.3 * factor * r * d
+                                     for factor in config.distance_factors for d in shell]
+    probe = PinholeCamera(16.0, 16.0, 15.5, 15.5, 32, 32)
+    near = 0.01 * r
+    level = _level_enough(directions, config)
+    views, dropped = [], 0
+    for p in positions:
+        depths = []
+        for d in np.vstack([np.eye(3), -np.eye(3)]):
+            result = render(gmap, probe, invert_pose(look_at(p, p + d, _up_for(d))), near=near, backend=backend)
+            covered = result.alpha > 0.5
+            depths.append(np.median(result.depth[covered]) if covered.mean() > 0.5 else np.nan)
+        if not np.all(np.isfinite(depths)) or np.mean(depths) < config.min_clearance * r * 2:
+            dropped += 1
+            continue
+        for d in level:
+            T = look_at(p, p + d, _up_for(d, up))
+            result = render(gmap, probe, invert_pose(T), near=near, backend=backend)
+            covered = result.alpha > 0.5
+            if covered.mean() > 0.3 and np.percentile(result.depth[covered], 10) >= config.min_clearance * r:
+                views.append(T)
+    log.info("inside-out views: %d positions in free space (%d of %d dropped), %d views", len(positions) - dropped,
+             dropped, len(positions), len(views))
+    if not views:
+        raise ValueError("no virtual camera position inside the map is in free space: "
+                         "is it a room (layout inside_out)?")
     return views
 
 
@@ -304,6 +384,8 @@ def _aimed_off_centre(gmap: GaussianMap, T: np.ndarray, config: SceneConfig, pro
         axis = np.cos(phi) * T[:3, 0] + np.sin(phi) * T[:3, 1]  # turn about an axis across the view
         turned = T.copy()
         turned[:3, :3] = Rotation.from_rotvec(tilt * axis).as_matrix() @ T[:3, :3]
+        if config.up is not None:  # upright: level again
+            turned = look_at(T[:3, 3], T[:3, 3] + turned[:3, 2], _up_for(turned[:3, 2], config.up))
         if np.mean(render(gmap, probe, invert_pose(turned), near=near, backend=backend).alpha > 0.5) > 0.2:
             views.append(turned)
     return views

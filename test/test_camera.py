@@ -77,3 +77,28 @@ def test_pose_errors():
     R = pose_from_xyz_quat([0.3, 0, 0.4, 0, 0, np.sin(np.radians(5)), np.cos(np.radians(5))])
     dt, dr = pose_errors(R, T)
     assert dt == pytest.approx(0.5) and dr == pytest.approx(10.0)
+
+
+def test_level_up_finds_the_up_of_level_cameras_in_a_ring_looking_down():
+    from gsvisloc_ros.camera import level_up
+
+    rng = np.random.default_rng(0)
+    up = np.array([0.2, -0.9, 0.3]) / np.linalg.norm([0.2, -0.9, 0.3])
+    side = np.cross(up, [1.0, 0.0, 0.0])
+    side /= np.linalg.norm(side)
+    other = np.cross(up, side)
+    poses = []
+    for a in np.linspace(0, np.pi, 12):  # half a ring 40 degrees above the object
+        eye = 2.0 * (np.cos(a) * side + np.sin(a) * other) + 1.7 * up
+        T = look_at(eye, np.zeros(3), up)
+        roll = np.radians(rng.uniform(-3, 3))  # hand-held: a few degrees of roll
+        T[:3, :3] = T[:3, :3] @ np.array([[np.cos(roll), -np.sin(roll), 0], [np.sin(roll), np.cos(roll), 0], [0, 0, 1]])
+        poses.append(T)
+    found, max_roll = level_up(poses)
+    assert np.degrees(np.arccos(found @ up)) < 1.5
+    assert 1.0 < max_roll < 4.0
+    # Averaging the image-up axes of half a ring looking down gives a tilted axis; this does not.
+    mean_up = -np.mean([T[:3, 1] for T in poses], axis=0)
+    assert np.degrees(np.arccos(mean_up @ up / np.linalg.norm(mean_up))) > 10
+    with pytest.raises(ValueError, match="parallel"):
+        level_up([poses[0], poses[0]])

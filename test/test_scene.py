@@ -171,3 +171,52 @@ def test_a_map_without_opaque_gaussians_is_refused(encoder, tmp_path):
     gmap.opacities[:] = 0.01
     with pytest.raises(ValueError, match="opacity"):
         load_or_encode(gmap, encoder, SMALL, tmp_path, progress=False)
+
+
+def _with_blob(gmap, centre, radius: float):
+    """``gmap`` with an opaque ball of Gaussians (a piece of furniture) around ``centre``."""
+    from gsvisloc_ros.gaussians import GaussianMap
+    from gsvisloc_ros.scene import fibonacci_directions
+
+    shell = np.asarray(centre) + radius * fibonacci_directions(2000)
+    n = len(shell)
+    blob = GaussianMap(shell, np.tile([1.0, 0, 0, 0], (n, 1)), np.full((n, 3), 1.5 * radius * np.sqrt(4 / n)),
+                       np.full(n, 0.99), np.full((n, gmap.sh.shape[1], 3), 0.0))
+    return GaussianMap(*(np.concatenate([getattr(gmap, a), getattr(blob, a)])
+                         for a in ("means", "quats", "scales", "opacities", "sh")))
+
+
+def test_inside_out_views_stand_in_free_space_and_look_at_surfaces_from_a_distance():
+    config = SceneConfig(view_directions=24, layout="inside_out")
+    room = make_scene("room", detail=0.5)
+    geometry = analyse_geometry(room, config)
+    free = virtual_views(room, geometry, config)
+    assert any(np.allclose(T[:3, 3], geometry.centre) for T in free)
+    # A wardrobe around the centre: no camera stands inside it, the others still do.
+    furnished = _with_blob(room, geometry.centre, 0.15)
+    views = virtual_views(furnished, geometry, config)
+    positions = np.array([T[:3, 3] for T in views])
+    assert len(views) > 0.5 * len(free)
+    assert np.all(np.linalg.norm(positions - geometry.centre, axis=1) > 0.15)
+    # No view looks into a surface closer than the clearance.
+    probe = PinholeCamera(16.0, 16.0, 15.5, 15.5, 32, 32)
+    for T in views[:: max(1, len(views) // 20)]:
+        result = render(furnished, probe, invert_pose(T), near=0.01 * geometry.radius)
+        assert np.percentile(result.depth[result.alpha > 0.5], 10) >= config.min_clearance * geometry.radius
+
+
+def test_upright_views_are_level_and_not_steep():
+    up = np.array([0.0, 0.0, 1.0])
+    config = SceneConfig(view_directions=40, up=tuple(up), max_pitch_deg=50)
+    for kind in ("room", "tabletop"):
+        gmap = make_scene(kind, detail=0.4)
+        views = virtual_views(gmap, analyse_geometry(gmap, config), config)
+        assert views
+        for T in views:
+            assert abs(T[:3, 0] @ up) < 1e-6  # the image x axis is horizontal: no roll
+            assert T[:3, 1] @ up < 0  # image-down points down
+            assert np.degrees(np.arcsin(abs(T[:3, 2] @ up))) <= 50 + 1e-6
+    with pytest.raises(ValueError, match="rolls must be 1"):
+        SceneConfig(up=(0, 0, 1), rolls=4)
+    with pytest.raises(ValueError, match="up must be"):
+        SceneConfig(up=(0, 0, 0))

@@ -12,6 +12,7 @@ from pathlib import Path
 
 import numpy as np
 
+from ..camera import invert_pose, level_up
 from ..gaussians import GaussianMap
 from ..render import render
 from .losses import psnr
@@ -69,6 +70,12 @@ def fit_report(result: FitResult, config: FitConfig, photo_set_path: str) -> tup
     train_values, _ = evaluate(result.gmap, result.train_views, config.background)
     test_values, test_renders = evaluate(result.gmap, result.test_views, config.background)
     camera = result.train_views[0].camera
+    views = result.train_views + result.test_views
+    try:  # the capture's up, for upright localization (``gsvisloc localize --upright``)
+        up, roll = level_up([invert_pose(v.T_camera_world) for v in views])
+        level = {"up": [round(float(u), 6) for u in up], "max_roll_deg": round(roll, 2)}
+    except ValueError:
+        level = {"up": None, "max_roll_deg": None}
     report = {
         "photo_set": str(photo_set_path),
         "train_psnr_db": _mean_psnr(train_values),
@@ -85,6 +92,7 @@ def fit_report(result: FitResult, config: FitConfig, photo_set_path: str) -> tup
         "seed": config.seed,
         "max_gaussians": config.max_gaussians,
         "exposure": config.exposure,
+        **level,
         "cpu_load_average": list(os.getloadavg()) if hasattr(os, "getloadavg") else None,
         "history": result.history,
     }
