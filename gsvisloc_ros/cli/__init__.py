@@ -29,6 +29,17 @@ class CommandError(Exception):
     """A user-facing error: printed without a traceback, exit code 2."""
 
 
+def parse_numbers(text: str, option: str, counts: tuple[int, ...]) -> tuple[float, ...]:
+    """``"1,2,3"`` as floats, with a clear error naming ``option`` unless there are ``counts`` of them."""
+    try:
+        values = tuple(float(v) for v in text.split(","))
+    except ValueError:
+        values = ()
+    if len(values) not in counts:
+        raise CommandError(f"{option} takes {' or '.join(map(str, counts))} comma-separated numbers, got {text!r}")
+    return values
+
+
 def build_parser() -> argparse.ArgumentParser:
     parser = argparse.ArgumentParser(prog="gsvisloc", description=__doc__.splitlines()[0])
     parser.add_argument("-v", "--verbose", action="store_true", help="log debug messages")

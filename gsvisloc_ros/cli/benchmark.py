@@ -7,6 +7,7 @@ as text; adding one means adding such a module and an entry in ``BENCHMARKS``.
 * ``render``: :mod:`gsvisloc_ros.cli.benchmark_render`.
 * ``localize``: :mod:`gsvisloc_ros.cli.benchmark_localize`.
 * ``fit``: :mod:`gsvisloc_ros.cli.benchmark_fit`.
+* ``photos``: :mod:`gsvisloc_ros.cli.benchmark_photos`.
 """
 
 from __future__ import annotations
@@ -19,6 +20,7 @@ from collections.abc import Callable
 from gsvisloc_ros.cli import COMMANDS
 from gsvisloc_ros.cli.benchmark_fit import format_fit, register_fit, run_fit
 from gsvisloc_ros.cli.benchmark_localize import format_localize, register_localize, run_localize
+from gsvisloc_ros.cli.benchmark_photos import format_photos, register_photos, run_photos
 from gsvisloc_ros.cli.benchmark_render import format_render, register_render, run_render
 
 
@@ -53,5 +55,7 @@ BENCHMARKS: dict[str, tuple[str, Callable, Callable, Callable]] = {
     "render": ("time one render of a map (and the slow reference)", register_render, run_render, format_render),
     "localize": ("score and time localization on views rendered from the map", register_localize, run_localize,
                  format_localize),
+    "photos": ("score and time localization on real posed photos (held-out and training) and negatives",
+               register_photos, run_photos, format_photos),
     "fit": ("time a training step of the differentiable renderer beside a render", register_fit, run_fit, format_fit),
 }

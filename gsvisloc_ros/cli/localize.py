@@ -12,7 +12,7 @@ import json
 
 import numpy as np
 
-from gsvisloc_ros.cli import COMMANDS, CommandError
+from gsvisloc_ros.cli import COMMANDS, CommandError, parse_numbers
 
 
 def register(subparsers: argparse._SubParsersAction) -> None:
@@ -20,6 +20,11 @@ def register(subparsers: argparse._SubParsersAction) -> None:
     parser.add_argument("map", metavar="MAP", help="a 3DGS map file (.ply or .splat)")
     parser.add_argument("images", metavar="IMAGE", nargs="+", help="query images (PNG, JPEG, ...)")
     parser.add_argument("--intrinsics", required=True, help="pinhole intrinsics FX,FY,CX,CY in pixels")
+    parser.add_argument("--distortion", metavar="K1,K2,P1,P2[,K3]",
+                        help="OpenCV lens distortion of the camera: the images are undistorted first")
+    parser.add_argument("--upright", metavar="X,Y,Z",
+                        help="the camera is level and the map's up is X,Y,Z: an upright encoding, no query turns "
+                             "(about 4x fewer encoder runs per image)")
     parser.add_argument("--prior", help='a prior T_world_camera "TX TY TZ QX QY QZ QW" (tracking mode)')
     parser.add_argument("--encoder", default="xfeat", choices=("xfeat", "sift"), help="2D encoder (default: xfeat)")
     parser.add_argument("--device", default="auto", help="torch device: auto, cpu or cuda (default: auto)")
@@ -43,20 +48,27 @@ def read_image(path: str) -> np.ndarray:
 
 
 def run(args: argparse.Namespace) -> int:
+    import cv2
+
     from gsvisloc_ros.camera import PinholeCamera, parse_pose
     from gsvisloc_ros.localizer import Localizer, LocalizerConfig
+    from gsvisloc_ros.scene import SceneConfig
 
     try:
         fx, fy, cx, cy = (float(v) for v in args.intrinsics.split(","))
     except ValueError:
         raise CommandError(f"--intrinsics must be FX,FY,CX,CY, got {args.intrinsics!r}") from None
     prior = parse_pose(args.prior) if args.prior else None
+    distortion = np.array(parse_numbers(args.distortion, "--distortion", (4, 5))) if args.distortion else None
+    scene = SceneConfig(up=parse_numbers(args.upright, "--upright", (3,))) if args.upright else SceneConfig()
     localizer = Localizer.from_file(args.map, LocalizerConfig(encoder=args.encoder, device=args.device,
-                                                              cache_dir=args.cache_dir))
+                                                              cache_dir=args.cache_dir, scene=scene))
     failures = 0
     for path in args.images:
         image = read_image(path)
         camera = PinholeCamera(fx, fy, cx, cy, image.shape[1], image.shape[0])
+        if distortion is not None:
+            image = cv2.undistort(image, camera.K, distortion)
         result = localizer.localize(image, camera, prior)
         failures += not result.success
         if args.json:
