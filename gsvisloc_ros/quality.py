@@ -12,7 +12,7 @@ publishes.
   :mod:`gsvisloc_ros.evaluation.consistency`) so that about 95 % of the errors lie inside the
   published 95 % ellipsoid.
 * :func:`fix_quality`: one number in [0, 1] with the figures behind it (inliers, inlier ratio,
-  RMSE, tracking or global), 0 when no pose is trusted. It is the smallest margin over the
+  RMSE, tracking -- from a prior -- or global), 0 when no pose is trusted. It is the smallest margin over the
   acceptance thresholds: 0 means "just passed one of them", 1 means "twice the inliers needed,
   every match an inlier, no reprojection error".
 """
@@ -48,16 +48,20 @@ class FixQuality:
     inliers: int
     inlier_ratio: float
     rmse_px: float
-    from_track: bool  # localized from the track (tracking) rather than a global search
+    from_prior: bool  # the pose was found from a prior (the track, a hint, the saved pose), not a global search
 
     @property
     def mode(self) -> str:
-        return "tracking" if self.from_track else "global"
+        return "tracking" if self.from_prior else "global"
 
 
-def fix_quality(result, trusted: bool, from_track: bool, min_inliers: int, min_inlier_ratio: float,
-                max_rmse_px: float) -> FixQuality:
-    """The :class:`FixQuality` of a localization ``result`` (a LocalizationResult) under the thresholds."""
+#: :class:`~gsvisloc_ros.localizer.CoarseSource` values of a pose found from the prior.
+FROM_PRIOR = ("prior", "prior views")
+
+
+def fix_quality(result, trusted: bool, min_inliers: int, min_inlier_ratio: float, max_rmse_px: float) -> FixQuality:
+    """The :class:`FixQuality` of a localization ``result`` (a LocalizationResult) under the thresholds;
+    its mode is "tracking" when the pose started from the prior (the result's ``coarse_source``)."""
     inliers = int(result.num_inliers)
     ratio = inliers / result.num_matches if result.num_matches else 0.0
     rmse = float(result.reprojection_rmse_px)
@@ -69,4 +73,5 @@ def fix_quality(result, trusted: bool, from_track: bool, min_inliers: int, min_i
             max(0.0, 1.0 - rmse / max_rmse_px) if np.isfinite(rmse) else 0.0,
         )
         score = float(min(margins))
-    return FixQuality(bool(trusted and result.success), score, inliers, float(ratio), rmse, bool(from_track))
+    from_prior = getattr(result, "coarse_source", "") in FROM_PRIOR
+    return FixQuality(bool(trusted and result.success), score, inliers, float(ratio), rmse, from_prior)

@@ -159,6 +159,9 @@ class Harness:
         raise AssertionError(f"no pose within {timeout} s; diagnostics: {[s.message for _, s in self.statuses()[-3:]]}")
 
     def close(self) -> None:
+        """Stop spinning and destroy both nodes (again: nothing)."""
+        if not self._running:
+            return
         self._running = False
         self._thread.join(timeout=5.0)
         self.executor.shutdown()

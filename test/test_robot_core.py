@@ -118,19 +118,20 @@ def test_a_saved_pose_that_is_not_rigid_is_refused(tmp_path):
 # ------------------------------------------------------------------------------ quality and covariance
 
 
-def _result(success=True, inliers=200, matches=250, rmse=0.5):
-    return SimpleNamespace(success=success, num_inliers=inliers, num_matches=matches, reprojection_rmse_px=rmse)
+def _result(success=True, inliers=200, matches=250, rmse=0.5, source="prior"):
+    return SimpleNamespace(success=success, num_inliers=inliers, num_matches=matches, reprojection_rmse_px=rmse,
+                           coarse_source=source)
 
 
 def test_the_quality_score_is_the_smallest_margin_over_the_thresholds():
     limits = dict(min_inliers=40, min_inlier_ratio=0.5, max_rmse_px=2.0)
-    q = fix_quality(_result(), trusted=True, from_track=True, **limits)
+    q = fix_quality(_result(), trusted=True, **limits)
     assert q.localized and q.mode == "tracking" and q.inliers == 200 and q.inlier_ratio == pytest.approx(0.8)
     assert q.score == pytest.approx(min(1.0, 0.6, 0.75))  # inliers saturate; the ratio is the weakest
-    weak = fix_quality(_result(inliers=44, matches=50), trusted=True, from_track=False, **limits)
+    weak = fix_quality(_result(inliers=44, matches=50, source="views"), trusted=True, **limits)
     assert weak.mode == "global" and weak.score == pytest.approx(0.1)  # just above min_inliers
-    assert fix_quality(_result(), trusted=False, from_track=False, **limits).score == 0.0  # held back: no pose
-    failed = fix_quality(_result(success=False, inliers=3, matches=0, rmse=float("inf")), False, False, **limits)
+    assert fix_quality(_result(), trusted=False, **limits).score == 0.0  # held back: no pose
+    failed = fix_quality(_result(success=False, inliers=3, matches=0, rmse=float("inf")), False, **limits)
     assert not failed.localized and failed.score == 0.0 and failed.inlier_ratio == 0.0
 
 

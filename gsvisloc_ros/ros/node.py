@@ -654,8 +654,7 @@ class GsvislocCore:
         s.last_localize_ms = 1000.0 * (time.monotonic() - start)
         s.last_inliers = int(result.num_inliers)
         s.last_rmse_px = float(result.reprojection_rmse_px)
-        s.last_quality = fix_quality(result, tracked.trusted, tracked.from_track, p.min_inliers, p.min_inlier_ratio,
-                                     p.max_rmse_px)
+        s.last_quality = fix_quality(result, tracked.trusted, p.min_inliers, p.min_inlier_ratio, p.max_rmse_px)
         with self._lock:
             current = epoch == self._map_epoch and self._active and not self._stop
         if not current:  # the map was switched (or the node deactivated) while this frame was localized
