@@ -191,6 +191,9 @@ class GsvislocCore:
     def _init_core(self, localizer=None, gaussian_map=None, localizer_config=None) -> None:
         self._lock = threading.Lock()
         self._wake = threading.Condition(self._lock)
+        # Held while a fix is published, and while the map is swapped or the node deactivated (taken
+        # before _lock): a pose computed on a map is never published after that map was replaced.
+        self._output_lock = threading.Lock()
         self._stop = True  # not open
         self._active = False
         self._slots = FrameSlots()
@@ -207,6 +210,7 @@ class GsvislocCore:
         self._map_error = ""  # why the last map load failed ("" after a success)
         self._pending_map = ""  # the map being loaded while another serves
         self._map_epoch = 0  # counts maps put into service
+        self._map_id: tuple[str, tuple] = ("", ())  # (map_path, map_to_frame) of the map in service
         self._tf_note = ""
         self._generation = 0
         self._injected_localizer = localizer
@@ -266,7 +270,7 @@ class GsvislocCore:
 
     def _disable(self) -> None:
         """No subscription, nothing published; the map, tracks and counters are kept."""
-        with self._lock:
+        with self._output_lock, self._lock:
             self._active = False
             self._last_map_odom = None
             self._slots.clear()
@@ -442,10 +446,11 @@ class GsvislocCore:
                 self.get_logger().error(self._map_error)
                 self._publish_diagnostics()
                 return
-        with self._wake:
+        with self._output_lock, self._wake:
             if generation != self._generation or self._stop:
                 return
             switched = self._localizer is not None
+            self._map_id = (p.map_path, tuple(p.map_to_frame))
             self._raw_localizer = localizer
             self._localizer = self._with_thresholds(localizer, self._params)
             self._map_epoch += 1
@@ -478,9 +483,10 @@ class GsvislocCore:
             self._pose_file_note = f"saved pose not used: {exc}"
             self.get_logger().warning(self._pose_file_note)
             return
-        if not saved.same_map(p.map_path, p.map_to_frame) or saved.map_frame != p.map_frame:
+        map_path, map_to_frame = self._map_id
+        if not saved.same_map(map_path, map_to_frame) or saved.map_frame != p.map_frame:
             self._pose_file_note = (f"saved pose not used: it is of map {saved.map_path!r} in {saved.map_frame!r}, "
-                                    f"not {p.map_path!r} in {p.map_frame!r}")
+                                    f"not {map_path!r} in {p.map_frame!r}")
             return
         self._saved = saved
         self._pose_file_note = f"saved pose read from {p.pose_file}: the prior of the first frame"
@@ -655,9 +661,19 @@ class GsvislocCore:
         s.last_inliers = int(result.num_inliers)
         s.last_rmse_px = float(result.reprojection_rmse_px)
         s.last_quality = fix_quality(result, tracked.trusted, p.min_inliers, p.min_inlier_ratio, p.max_rmse_px)
+        with self._output_lock:
+            self._conclude(camera, frame, tracked, epoch, camera_frame, model, p, localizer)
+
+    def _conclude(self, camera: _Camera, frame: _Frame, tracked, epoch: int, camera_frame: str, model,
+                  p: P.NodeParams, localizer) -> None:
+        """Publish the answer to a localized frame, or say why there is none (under the output lock)."""
+        s, result, prior_note, stamp = self._stats, tracked.result, tracked.prior_note, frame.msg.header.stamp
         with self._lock:
-            current = epoch == self._map_epoch and self._active and not self._stop
-        if not current:  # the map was switched (or the node deactivated) while this frame was localized
+            active, map_id = self._active and not self._stop, self._map_id
+            switched = epoch != self._map_epoch
+        if not active:  # deactivated while this frame was localized: nothing is published
+            return
+        if switched:  # the map was replaced while this frame was localized on the old one
             camera.tracker.reset()  # its track would be of the old map
             s.dropped_map_switch += 1
             s.last_quality = dataclasses.replace(s.last_quality, localized=False, score=0.0)
@@ -676,7 +692,7 @@ class GsvislocCore:
         s.accepted += 1
         s.last_fix_stamp = Time.from_msg(stamp)
         s.last_latency_ms = 1000.0 * (time.monotonic() - frame.received)
-        self._save_pose(T_map_camera, T_map_base, camera_frame, stamp, p)
+        self._save_pose(T_map_camera, T_map_base, camera_frame, stamp, p, map_id)
         note = tracked.note
         self._set_status(OK, "localized",
                          f"localized: {result.num_inliers} inliers, rmse {result.reprojection_rmse_px:.2f} px"
@@ -684,13 +700,15 @@ class GsvislocCore:
                          + (f"; {note}" if note else "") + prior_note + (f"; {self._tf_note}" if self._tf_note else ""))
         self._publish_diagnostics(stamp)
 
-    def _save_pose(self, T_map_camera, T_map_base, camera_frame: str, stamp, p: P.NodeParams) -> None:
+    def _save_pose(self, T_map_camera, T_map_base, camera_frame: str, stamp, p: P.NodeParams,
+                   map_id: tuple[str, tuple]) -> None:
+        """Write the fix to ``pose_file``, with the map it is in (``map_id``: the one in service)."""
         if not p.pose_file:
             return
         try:
             last_pose.save(p.pose_file, last_pose.SavedPose(
-                stamp=Time.from_msg(stamp).nanoseconds / 1e9, map_path=p.map_path,
-                map_to_frame=tuple(p.map_to_frame), map_frame=p.map_frame, camera_frame=camera_frame,
+                stamp=Time.from_msg(stamp).nanoseconds / 1e9, map_path=map_id[0],
+                map_to_frame=tuple(map_id[1]), map_frame=p.map_frame, camera_frame=camera_frame,
                 T_map_camera=T_map_camera, base_frame=p.base_frame if T_map_base is not None else "",
                 T_map_base=T_map_base))
             self._pose_file_note = f"last pose written to {p.pose_file}"
@@ -877,8 +895,7 @@ class GsvislocCore:
         """~/status: what a robot acts on (see :class:`~gsvisloc_ros.quality.FixQuality`); the level is OK
         when the frame gave a pose, WARN when it did not, ERROR without a map."""
         q = self._stats.last_quality
-        level = ERROR if self._localizer is None else OK if q is not None and q.localized and stamp is not None \
-            else WARN if q is not None and not q.localized else OK
+        level = ERROR if self._localizer is None else WARN if q is not None and not q.localized else OK
         status = DiagnosticStatus(level=level, name=f"{self.get_fully_qualified_name()}: status",
                                   message=self._message, hardware_id=self._params.map_path or "gsvisloc")
         status.values = [KeyValue(key=k, value=v) for k, v in
