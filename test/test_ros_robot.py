@@ -136,6 +136,31 @@ def test_lifecycle_transitions_from_a_client_node(world, harness_factory):
     assert h.node._raw_localizer is None and h.node._worker is None
 
 
+def test_cleanup_releases_everything_and_a_second_configure_works(world, harness_factory):
+    h = harness_factory({"map_cloud_max_points": 0}, node_type=GsvislocLifecycleNode, localizer=world.localizer)
+    get_state = h.peer.create_client(GetState, "/gsvisloc/get_state")
+    change_state = h.peer.create_client(ChangeState, "/gsvisloc/change_state")
+
+    def change(transition_id: int, expected: str) -> None:
+        response = _call(h, change_state, ChangeState.Request(transition=Transition(id=transition_id)),
+                         f"transition {transition_id}", timeout=60)
+        assert response.success, transition_id
+        assert _call(h, get_state, GetState.Request(), "get_state").current_state.label == expected
+
+    change(Transition.TRANSITION_CONFIGURE, "inactive")
+    h.wait(lambda: h.node._raw_localizer is not None, 30, "the map")
+    topics = ("/gsvisloc/pose", "/gsvisloc/pose_with_covariance", "/gsvisloc/status")
+    h.wait(lambda: all(h.peer.count_publishers(t) == 1 for t in topics), 10, "the publishers of configure")
+    change(Transition.TRANSITION_CLEANUP, "unconfigured")
+    assert h.node._raw_localizer is None and h.node._worker is None
+    h.wait(lambda: all(h.peer.count_publishers(t) == 0 for t in topics), 10, "the publishers to go")
+    change(Transition.TRANSITION_CONFIGURE, "inactive")
+    change(Transition.TRANSITION_ACTIVATE, "active")
+    pose = h.send_until_pose(world.image)
+    assert pose_errors(M.pose_to_matrix(pose.pose), world.T_true)[0] < MAX_DT
+    change(Transition.TRANSITION_ACTIVE_SHUTDOWN, "finalized")
+
+
 # ------------------------------------------------------------------------------ relocalization requests
 
 
