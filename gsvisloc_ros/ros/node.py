@@ -663,6 +663,7 @@ class GsvislocCore:
         s.last_quality = fix_quality(result, tracked.trusted, p.min_inliers, p.min_inlier_ratio, p.max_rmse_px)
         with self._output_lock:
             self._conclude(camera, frame, tracked, epoch, camera_frame, model, p, localizer)
+        self._publish_status(stamp)
 
     def _conclude(self, camera: _Camera, frame: _Frame, tracked, epoch: int, camera_frame: str, model,
                   p: P.NodeParams, localizer) -> None:
@@ -855,15 +856,23 @@ class GsvislocCore:
 
     def _on_timer(self) -> None:
         self._publish_diagnostics()
+        self._publish_status()
 
     def _publish_diagnostics(self, stamp=None) -> None:
-        """/diagnostics (always, while configured) and ~/status (while active) about the last frame."""
+        """/diagnostics (while configured, active or not): the node's state and the last frame's fate."""
         if self._stop:
             return
         try:
             self._diag_pub.publish(self._diagnostics(stamp))
-            if self._active:
-                self._status_pub.publish(self._status(stamp))
+        except Exception:  # noqa: BLE001 - the node is being destroyed by another thread
+            pass
+
+    def _publish_status(self, stamp=None) -> None:
+        """~/status (while active): after each frame the localizer answered (its stamp), and at 1 Hz (now)."""
+        if self._stop or not self._active:
+            return
+        try:
+            self._status_pub.publish(self._status(stamp))
         except Exception:  # noqa: BLE001 - the node is being destroyed by another thread
             pass
 
