@@ -860,19 +860,17 @@ class GsvislocCore:
 
     def _publish_diagnostics(self, stamp=None) -> None:
         """/diagnostics (while configured, active or not): the node's state and the last frame's fate."""
-        if self._stop:
-            return
-        try:
-            self._diag_pub.publish(self._diagnostics(stamp))
-        except Exception:  # noqa: BLE001 - the node is being destroyed by another thread
-            pass
+        self._publish_report(lambda: self._diag_pub, self._diagnostics, stamp, need_active=False)
 
     def _publish_status(self, stamp=None) -> None:
         """~/status (while active): after each frame the localizer answered (its stamp), and at 1 Hz (now)."""
-        if self._stop or not self._active:
+        self._publish_report(lambda: self._status_pub, self._status, stamp, need_active=True)
+
+    def _publish_report(self, publisher, make, stamp, need_active: bool) -> None:
+        if self._stop or (need_active and not self._active):
             return
         try:
-            self._status_pub.publish(self._status(stamp))
+            publisher().publish(make(stamp))
         except Exception:  # noqa: BLE001 - the node is being destroyed by another thread
             pass
 
