@@ -28,6 +28,7 @@ setup(
         "console_scripts": [
             "gsvisloc = gsvisloc_ros.cli:main",
             "gsvisloc_node = gsvisloc_ros.ros.node:main",
+            "gsvisloc_lifecycle_node = gsvisloc_ros.ros.lifecycle:main",
         ],
     },
 )

@@ -111,7 +111,8 @@ class SceneConfig:
                 raise ValueError(f"up must be three finite numbers, not all 0, or None; got {self.up!r}")
             object.__setattr__(self, "up", tuple(float(v) for v in up / np.linalg.norm(up)))
             if self.rolls != 1:
-                raise ValueError(f"an upright encoding (up given) renders level views: rolls must be 1, got {self.rolls}")
+                raise ValueError(f"an upright encoding (up given) renders level views: rolls must be 1, "
+                                 f"got {self.rolls}")
         if not 0 < self.max_pitch_deg <= 90 or not 0 <= self.min_clearance < 1:
             raise ValueError(f"max_pitch_deg must be in (0, 90] and min_clearance in [0, 1), got "
                              f"{self.max_pitch_deg}, {self.min_clearance}")

@@ -12,6 +12,10 @@ Arguments:
     device             auto, cpu or cuda; empty: the params file's device
     use_rviz           start RViz with the package's rviz/gsvisloc.rviz
     log_level          debug, info, warn, error or fatal
+    lifecycle          true: the managed node (gsvisloc_lifecycle_node), which waits unconfigured for a
+                       lifecycle manager
+    autostart          with lifecycle:=true, also start nav2's lifecycle_manager to configure and activate
+                       it (needs nav2_lifecycle_manager; bond off, as the node has no bond)
 """
 # ruff: noqa: I001 - the repository's launch/ folder makes ruff take the ROS `launch` package for first-party
 
@@ -33,6 +37,8 @@ ARGUMENTS = [
     ("device", "", "torch device: auto, cpu or cuda; empty: device from params_file"),
     ("use_rviz", "false", "start RViz with the package's configuration"),
     ("log_level", "info", "log level of the node: debug, info, warn, error, fatal"),
+    ("lifecycle", "false", "true: run the managed (lifecycle) node, configured and activated by a lifecycle manager"),
+    ("autostart", "false", "with lifecycle: start nav2_lifecycle_manager to configure and activate the node"),
 ]
 
 TRUE = ("true", "1", "yes", "on")
@@ -49,10 +55,11 @@ def launch_setup(context, *args, **kwargs):
     image = value["image_topic"]
     remappings = [("image", image), ("image/compressed", image.rstrip("/") + "/compressed"),
                   ("camera_info", value["camera_info_topic"])]
+    lifecycle = value["lifecycle"].lower() in TRUE
     actions = [
         Node(
             package=PACKAGE,
-            executable="gsvisloc_node",
+            executable="gsvisloc_lifecycle_node" if lifecycle else "gsvisloc_node",
             name="gsvisloc",
             namespace=value["namespace"],
             output="screen",
@@ -61,6 +68,15 @@ def launch_setup(context, *args, **kwargs):
             arguments=["--ros-args", "--log-level", value["log_level"]],
         )
     ]
+    if lifecycle and value["autostart"].lower() in TRUE:
+        actions.append(Node(
+            package="nav2_lifecycle_manager",
+            executable="lifecycle_manager",
+            name="lifecycle_manager_localization",
+            namespace=value["namespace"],
+            output="screen",
+            parameters=[{"autostart": True, "node_names": ["gsvisloc"], "bond_timeout": 0.0}],
+        ))
     if value["use_rviz"].lower() in TRUE:
         rviz_config = PathJoinSubstitution([FindPackageShare(PACKAGE), "rviz", "gsvisloc.rviz"]).perform(context)
         actions.append(Node(

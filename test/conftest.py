@@ -53,3 +53,21 @@ def ros_context():
     rclpy.init(context=context)
     yield context
     rclpy.shutdown(context=context)
+
+
+@pytest.fixture
+def harness_factory():
+    """Makes :class:`ros_harness.Harness` objects (the node under test and a peer), closed after the test."""
+    pytest.importorskip("rclpy")
+    pytest.importorskip("tf2_msgs")
+    from ros_harness import Harness
+
+    made = []
+
+    def make(overrides=None, **kwargs):
+        made.append(Harness(overrides, **kwargs))
+        return made[-1]
+
+    yield make
+    for h in made:
+        h.close()

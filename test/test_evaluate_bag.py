@@ -72,8 +72,30 @@ def test_evaluate_bag_writes_metrics_report_and_plots(good_bag, cache_dir, tmp_p
 
     frames = [json.loads(line) for line in (out / "frames.jsonl").read_text().splitlines()]
     assert len(frames) == 6 and all(f["usable"] for f in frames)
+    # The covariance published with each pose, and how well it describes the error.
+    from gsvisloc_ros.evaluation.consistency import nees
+    from gsvisloc_ros.quality import DEFAULT_COVARIANCE_SCALE
+
+    accepted = [f for f in frames if f["success"]]
+    for f in accepted:
+        assert np.all(np.linalg.eigvalsh(np.array(f["covariance"])) > 0)
+        assert f["nees"] == pytest.approx(nees(np.array(f["T_est"]), np.array(f["T_gt"]), np.array(f["covariance"])),
+                                          rel=1e-3, abs=1e-3)
+    figures = metrics["covariance_consistency"]
+    assert figures["frames"] == len(accepted) and figures["covariance_scale"] == DEFAULT_COVARIANCE_SCALE
+    values = np.array([f["nees"] for f in accepted])
+    assert figures["share_within_95"] == pytest.approx(np.mean(values <= 12.592), abs=1e-9)
+    assert figures["mean_nees"] == pytest.approx(values.mean(), rel=1e-3)
+    assert figures["covariance_scale_for_95"] == pytest.approx(DEFAULT_COVARIANCE_SCALE * figures["scale_for_95"])
     report = (out / "report.md").read_text()
-    assert "recall (2 % scale, 2 deg)" in report
+    assert "recall (2 % scale, 2 deg)" in report and "errors in the 95 % ellipsoid" in report
+    # Twice the covariance: every NEES halves.
+    twice = tmp_path / "twice"
+    assert _evaluate(good_bag, twice, cache_dir, "--covariance-scale", str(2 * DEFAULT_COVARIANCE_SCALE)) == 0
+    halved = json.loads((twice / "metrics.json").read_text())["covariance_consistency"]
+    assert halved["mean_nees"] == pytest.approx(figures["mean_nees"] / 2, rel=1e-3)
+    assert _evaluate(good_bag, twice, cache_dir, "--covariance-scale", "0") == 2
+    assert "--covariance-scale must be positive" in capsys.readouterr().err
     for name in ("trajectory_top", "errors_over_time", "error_cdf"):
         png = out / f"{name}.png"
         assert png.read_bytes()[:8] == b"\x89PNG\r\n\x1a\n" and png.stat().st_size > 10_000

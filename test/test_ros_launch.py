@@ -22,7 +22,7 @@ REPO = Path(__file__).resolve().parents[1]
 LAUNCH_FILE = REPO / "launch" / "localize.launch.py"
 RVIZ_FILE = REPO / "rviz" / "gsvisloc.rviz"
 EXPECTED_ARGUMENTS = {"map", "params_file", "image_topic", "camera_info_topic", "namespace", "device", "use_rviz",
-                      "log_level"}
+                      "log_level", "lifecycle", "autostart"}
 
 
 class FakeLaunchModule:
@@ -164,12 +164,29 @@ def test_arguments_reach_the_node_and_rviz(launch_description):
     assert Path(config).resolve() == RVIZ_FILE.resolve()
 
 
-def test_the_executable_is_the_console_script():
+def test_lifecycle_selects_the_managed_node_and_autostart_its_manager(launch_description):
+    [node] = _evaluate(launch_description, lifecycle="true")
+    assert (node.kwargs["executable"], node.kwargs["name"]) == ("gsvisloc_lifecycle_node", "gsvisloc")
+    assert _evaluate(launch_description, autostart="true")[0].kwargs["executable"] == "gsvisloc_node"  # no effect
+    node, manager = _evaluate(launch_description, lifecycle="true", autostart="true", namespace="robot1")
+    kwargs = manager.kwargs
+    assert (kwargs["package"], kwargs["executable"]) == ("nav2_lifecycle_manager", "lifecycle_manager")
+    [params] = kwargs["parameters"]
+    assert params["node_names"] == [node.kwargs["name"]] and params["autostart"] is True
+    assert kwargs["namespace"] == node.kwargs["namespace"] == "robot1"
+
+
+def test_the_executables_are_the_console_scripts():
     setup = (REPO / "setup.py").read_text()
     assert re.search(r'"gsvisloc_node = gsvisloc_ros\.ros\.node:main"', setup)
+    assert re.search(r'"gsvisloc_lifecycle_node = gsvisloc_ros\.ros\.lifecycle:main"', setup)
     from gsvisloc_ros.ros.node import main
 
     assert callable(main)
+    pytest.importorskip("rclpy")
+    from gsvisloc_ros.ros.lifecycle import main as lifecycle_main
+
+    assert callable(lifecycle_main)
 
 
 # ------------------------------------------------------------------------------ RViz

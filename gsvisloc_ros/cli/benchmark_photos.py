@@ -237,6 +237,10 @@ def _write_outputs(out: str, results: dict) -> dict:
     return files
 
 
+def _mode(up) -> str:
+    return "general (any roll)" if up is None else "upright (up " + ",".join(f"{v:.3f}" for v in up) + ")"
+
+
 def format_photos(results: dict) -> str:
     from gsvisloc_ros.cli.benchmark_localize import STAGES
     from gsvisloc_ros.evaluation.report import number, percent
@@ -244,7 +248,7 @@ def format_photos(results: dict) -> str:
     lines = [f"photos of {results['photos']} against {results['map']} ({results['gaussians']} Gaussians, "
              f"{results['layout']} layout): images {', '.join(results['sizes'])}, working size "
              f"{results['working_size']}; scale: {results['scale_description']}",
-             f"  {'upright (up ' + ','.join(f'{v:.3f}' for v in results['upright']) + ')' if results['upright'] else 'general (any roll)'}"
+             f"  {_mode(results['upright'])}"
              f", {'refined' if results['refined'] else 'coarse pose only (no refinement)'}; "
              f"encoding of {results['virtual_views']} virtual views {'loaded' if results['from_cache'] else 'made'}"
              f" in {results['encoding_seconds']:.1f} s"

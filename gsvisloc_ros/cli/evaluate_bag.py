@@ -16,6 +16,7 @@ from __future__ import annotations
 import argparse
 import json
 import logging
+import math
 import time
 from pathlib import Path
 
@@ -37,6 +38,9 @@ def register(subparsers: argparse._SubParsersAction) -> None:
     parser.add_argument("--intrinsics", help="FX,FY,CX,CY: use these instead of the bag's camera info")
     parser.add_argument("--through-node", action="store_true",
                         help="replay through the gsvisloc ROS node over DDS instead of calling the localizer")
+    parser.add_argument("--covariance-scale", type=float, default=None, metavar="S",
+                        help="factor on the PnP covariance, as the node's covariance_scale parameter (default: the "
+                             "node's default); the report says how well the scaled covariance describes the errors")
     add_localizer_arguments(parser)
     parser.add_argument("--json", action="store_true", help="print metrics.json to stdout")
     parser.set_defaults(func=run)
@@ -67,6 +71,7 @@ def evaluate(bag: Path, map_spec: str, gmap, out: Path, args: argparse.Namespace
     from gsvisloc_ros.evaluation.replay import node_available, replay_direct, replay_through_node
     from gsvisloc_ros.evaluation.report import compute_metrics, write_report
     from gsvisloc_ros.localizer import Localizer
+    from gsvisloc_ros.quality import DEFAULT_COVARIANCE_SCALE
     from gsvisloc_ros.synthetic import DEFAULT_MAP_NAME
 
     if through_node:
@@ -89,16 +94,26 @@ def evaluate(bag: Path, map_spec: str, gmap, out: Path, args: argparse.Namespace
         raise CommandError(f"{bag} has no sensor_msgs/msg/CameraInfo topic for {contents.image_topic}: "
                            "give the intrinsics with --intrinsics FX,FY,CX,CY")
 
+    scale = getattr(args, "covariance_scale", None)
+    scale = DEFAULT_COVARIANCE_SCALE if scale is None else scale
+    if not (scale > 0 and math.isfinite(scale)):
+        raise CommandError(f"--covariance-scale must be positive, got {scale}")
     localizer = Localizer(gmap, localizer_config(args, map_spec == DEFAULT_MAP_NAME), progress=progress)
     start = time.perf_counter()
-    replay = replay_through_node if through_node else replay_direct
     try:
-        outcomes = replay(contents, localizer, intrinsics, progress=progress)
+        if through_node:
+            outcomes = replay_through_node(contents, localizer, intrinsics, progress=progress)
+        else:
+            outcomes = replay_direct(contents, localizer, intrinsics, progress=progress, covariance_scale=scale)
     except RuntimeError as exc:  # the node did not come up, or rclpy failed
         raise CommandError(str(exc)) from exc
     seconds = time.perf_counter() - start
-    scale = ErrorScale.for_geometry(localizer.scene.geometry)  # the map extent for rooms
-    metrics = compute_metrics(outcomes, scale)
+    error_scale = ErrorScale.for_geometry(localizer.scene.geometry)  # the map extent for rooms
+    metrics = compute_metrics(outcomes, error_scale)
+    if metrics.get("covariance_consistency"):
+        figures = metrics["covariance_consistency"]
+        figures["covariance_scale"] = scale
+        figures["covariance_scale_for_95"] = scale * figures["scale_for_95"]
     mode = "node" if through_node else "localizer"
     context = {
         "bag": str(bag), "map": map_spec, "mode": mode,
@@ -107,9 +122,9 @@ def evaluate(bag: Path, map_spec: str, gmap, out: Path, args: argparse.Namespace
         "image_topic": contents.image_topic, "image_type": contents.image_type,
         "camera_info_topic": contents.camera_info_topic if intrinsics is None else f"--intrinsics {args.intrinsics}",
         "gt_topic": contents.gt_topic, "notes": contents.notes, "seconds": round(seconds, 2),
-        "encoder": localizer.config.encoder,
+        "encoder": localizer.config.encoder, "covariance_scale": None if through_node else scale,
     }
-    plots = make_plots(outcomes, scale, out, gmap)
+    plots = make_plots(outcomes, error_scale, out, gmap)
     report = write_report(out, outcomes, metrics, context, plots)
     return metrics, report
 

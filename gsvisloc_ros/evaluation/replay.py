@@ -26,6 +26,7 @@ import numpy as np
 from tqdm import tqdm
 
 from gsvisloc_ros.evaluation.bags import BagContents, read_frames
+from gsvisloc_ros.quality import DEFAULT_COVARIANCE_SCALE, published_covariance
 from gsvisloc_ros.tracking import Tracker, TrackingConfig
 
 log = logging.getLogger(__name__)
@@ -45,15 +46,21 @@ class FrameOutcome:
     failure_reason: str = ""
     latency_ms: float | None = None
     num_inliers: int = 0
+    covariance: np.ndarray | None = None  # the 6x6 covariance published with T_est (None: not known)
 
     def to_dict(self) -> dict:
         def listed(T):
             return None if T is None else np.asarray(T, dtype=float).round(7).tolist()
 
+        from gsvisloc_ros.evaluation.consistency import nees
+
+        value = nees(self.T_est, self.T_gt, self.covariance) if self.success and self.T_gt is not None else np.nan
         return {"index": self.index, "stamp_ns": self.stamp_ns, "usable": self.usable, "problem": self.problem or None,
                 "success": self.success, "failure_reason": self.failure_reason or None,
                 "latency_ms": None if self.latency_ms is None else round(self.latency_ms, 2),
-                "num_inliers": self.num_inliers, "T_est": listed(self.T_est), "T_gt": listed(self.T_gt)}
+                "num_inliers": self.num_inliers, "T_est": listed(self.T_est), "T_gt": listed(self.T_gt),
+                "covariance": None if self.covariance is None else np.asarray(self.covariance, dtype=float).tolist(),
+                "nees": None if not np.isfinite(value) else round(value, 4)}
 
 
 def _unusable(frame) -> FrameOutcome:
@@ -62,13 +69,15 @@ def _unusable(frame) -> FrameOutcome:
 
 
 def replay_direct(contents: BagContents, localizer, intrinsics=None, progress: bool = True,
-                  tracking: TrackingConfig | None = None, odom_frame: str = "odom") -> list[FrameOutcome]:
+                  tracking: TrackingConfig | None = None, odom_frame: str = "odom",
+                  covariance_scale: float = DEFAULT_COVARIANCE_SCALE) -> list[FrameOutcome]:
     """Localize every frame of the bag with ``localizer`` (a :class:`~gsvisloc_ros.localizer.Localizer`)
     as the node does: through a :class:`~gsvisloc_ros.tracking.Tracker` (``tracking``: the node's
     defaults), with odometry from the bag's ``/tf`` and ``/tf_static`` (``odom_frame`` -> the
     image's frame at its stamp, else the latest, as the node looks it up). A pose the jump gate
     holds back is a failure, as it is through the node. Latency: the wall time of the tracked
-    localization."""
+    localization. Each pose carries the covariance the node would publish with it
+    (:func:`~gsvisloc_ros.quality.published_covariance` with ``covariance_scale``)."""
     from concurrent.futures import ThreadPoolExecutor
 
     from gsvisloc_ros.evaluation.bags import TF, raw_messages, typestore
@@ -125,7 +134,9 @@ def replay_direct(contents: BagContents, localizer, intrinsics=None, progress: b
                 outcomes.append(FrameOutcome(frame.index, frame.stamp_ns, frame.T_gt, success=tracked.trusted,
                                              T_est=result.T_world_camera if tracked.trusted else None,
                                              failure_reason=reason, latency_ms=latency,
-                                             num_inliers=result.num_inliers))
+                                             num_inliers=result.num_inliers,
+                                             covariance=(published_covariance(result.covariance, covariance_scale)
+                                                         if tracked.trusted else None)))
                 bar.set_postfix(localized=f"{sum(o.success for o in outcomes)}/{len(outcomes)}", refresh=False)
     finally:
         bar.close()
