@@ -296,3 +296,22 @@ def test_an_accepted_pose_is_challenged_by_the_next_distinct_hypothesis(tabletop
     assert result.success and result.num_inliers == 842
     np.testing.assert_allclose(result.T_world_camera, T_true)
     assert len(calls) == 2  # the wrong pose, then its challenger; the third hypothesis repeats the second
+
+
+def test_an_upright_localizer_runs_the_encoder_once_per_level_query(tmp_path):
+    """With the map's up, views are encoded level and a level query is not turned: one encoder run
+    for the query's features instead of four, and the pose is as accurate."""
+    gmap = make_scene("tabletop", seed=7)
+    upright = Localizer(gmap, LocalizerConfig(scene=dataclasses.replace(FAST, up=(0.0, 0.0, 1.0)),
+                                              cache_dir=str(tmp_path)), progress=False)
+    image, T_true = _query(upright, (0.9, 0.5, 0.6), (0.0, 0.0, 0.1), roll_deg=4.0)
+    seen = []
+    extract = upright.encoder.extract
+    upright.encoder.extract = lambda picture: seen.append(picture.copy()) or extract(picture)
+    result = upright.localize(image, CAMERA)
+    assert result.success, result.failure_reason
+    dt, dr = pose_errors(result.T_world_camera, T_true)
+    assert dt < 0.01 and dr < 0.5, (dt, dr)
+    assert any(np.array_equal(picture, image) for picture in seen)
+    for k in (1, 2, 3):  # the query is never turned
+        assert not any(np.array_equal(picture, np.rot90(image, k)) for picture in seen)

@@ -431,6 +431,8 @@ class GsvislocCore:
                     gmap = gmap.transform(p.map_transform)
                 config = dataclasses.replace(self._base_config or LocalizerConfig(), encoder=p.encoder,
                                              device=p.device, cache_dir=p.cache_dir or None)
+                if p.upright:  # the map is in map_frame now, whose z is up (REP 103)
+                    config = dataclasses.replace(config, scene=dataclasses.replace(config.scene, up=(0.0, 0.0, 1.0)))
                 localizer = Localizer(gmap, config, progress=False)
             except Exception as exc:  # noqa: BLE001 - any failure is reported, the node keeps running
                 with self._lock:
