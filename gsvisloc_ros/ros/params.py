@@ -53,8 +53,8 @@ PARAMETERS: tuple[Spec, ...] = (
          "similarity placing the map file in map_frame: [x, y, z, qx, qy, qz, qw] or with a scale as 8th value; "
          "a map point p goes to s * R(q) * p + (x, y, z)", reload=True),
     Spec("upright", False, "the cameras are mounted level (no roll beyond ~15 deg; pitch up to 60 deg) and "
-         "map_frame's z is up: an upright encoding, the query is not turned four ways (~4x cheaper features); false for tilted or "
-         "hand-held cameras", reload=True),
+         "map_frame's z is up: an upright encoding, the query is not turned four ways (~4x cheaper features); "
+         "false for tilted or hand-held cameras", reload=True),
     Spec("map_frame", "map", "frame of published poses, map cloud and path"),
     Spec("odom_frame", "odom", "odometry frame: TF map -> odom is published when odom -> camera is known; "
          "empty: never (map -> base or camera instead)"),
