@@ -267,35 +267,57 @@ def test_large_images_are_reduced_to_the_working_size_with_their_intrinsics(tabl
         LocalizerConfig(working_size=32)
 
 
-def test_an_accepted_pose_is_challenged_by_the_next_distinct_hypothesis(tabletop_localizer, monkeypatch):
-    """Repeated structure can refine into a consistent wrong pose: the next distinct hypothesis is
-    refined too, and the accepted pose with the most inliers wins."""
-    from gsvisloc_ros.pose import PoseEstimate, PoseGeometry
-
-    image, T_true = _query(tabletop_localizer, (0.9, 0.5, 0.6), (0.0, 0.0, 0.1))
-    T_wrong = T_true.copy()
-    T_wrong[:3, 3] += [0.3, 0.0, 0.0]  # distinct: far beyond _same_pose
-    firm = PoseGeometry(0.5, 0.001, 0.05)
-
-    def estimate(T, inliers):
-        mask = np.ones(inliers + 20, dtype=bool)
-        mask[inliers:] = False
-        return PoseEstimate(True, T, mask, inliers, inliers + 20, 0.5, np.eye(6) * 1e-6, "test", geometry=firm)
-
-    hypotheses = [estimate(T_wrong, 130), estimate(T_true, 100), estimate(T_true @ np.diag([1, 1, 1, 1.0]), 90)]
-    refined = {id(T_wrong): estimate(T_wrong, 245), id(T_true): estimate(T_true, 842)}
+def _fake_search(localizer, monkeypatch, hypotheses, refined):
+    """Replace the coarse search and the refinement by fixed answers; the refinement calls are recorded."""
     calls = []
 
-    def fake_refine(levels, T):
+    def fake_refine(levels, T, landed=None):
         calls.append(T)
         return refined[id(T)]
 
-    monkeypatch.setattr(tabletop_localizer, "_coarse", lambda *a, **k: (hypotheses, "views"))
-    monkeypatch.setattr(tabletop_localizer, "_refine", fake_refine)
+    monkeypatch.setattr(localizer, "_coarse", lambda *a, **k: (hypotheses, "views"))
+    monkeypatch.setattr(localizer, "_refine", fake_refine)
+    return calls
+
+
+def _estimate(T, inliers, matches, coverage):
+    from gsvisloc_ros.pose import PoseEstimate, PoseGeometry
+
+    mask = np.arange(matches) < inliers
+    return PoseEstimate(True, T, mask, inliers, matches, 0.5, np.eye(6) * 1e-6, "test",
+                        geometry=PoseGeometry(coverage, 0.001, 0.05))
+
+
+def test_an_accepted_pose_is_challenged_by_the_next_distinct_hypothesis(tabletop_localizer, monkeypatch):
+    """Repeated structure can refine into a consistent wrong pose: the next distinct hypothesis is
+    refined too, and the accepted pose with the most inliers wins (the numbers of the shared room's
+    curtain photo: the wrong pose 245 of 430 matches on 20 % of the image, the right one 842)."""
+    image, T_true = _query(tabletop_localizer, (0.9, 0.5, 0.6), (0.0, 0.0, 0.1))
+    T_wrong = T_true.copy()
+    T_wrong[:3, 3] += [0.3, 0.0, 0.0]  # distinct: far beyond _same_pose
+    hypotheses = [_estimate(T_wrong, 130, 150, 0.5), _estimate(T_true, 100, 120, 0.5),
+                  _estimate(T_true @ np.diag([1, 1, 1, 1.0]), 90, 110, 0.5)]
+    refined = {id(T_wrong): _estimate(T_wrong, 245, 430, 0.2), id(T_true): _estimate(T_true, 842, 900, 0.6)}
+    calls = _fake_search(tabletop_localizer, monkeypatch, hypotheses, refined)
     result = tabletop_localizer.localize(image, CAMERA)
     assert result.success and result.num_inliers == 842
     np.testing.assert_allclose(result.T_world_camera, T_true)
     assert len(calls) == 2  # the wrong pose, then its challenger; the third hypothesis repeats the second
+
+
+def test_a_pose_that_agrees_with_the_image_widely_is_not_challenged(tabletop_localizer, monkeypatch):
+    image, T_true = _query(tabletop_localizer, (0.9, 0.5, 0.6), (0.0, 0.0, 0.1))
+    T_other = T_true.copy()
+    T_other[:3, 3] += [0.3, 0.0, 0.0]
+    hypotheses = [_estimate(T_true, 130, 150, 0.5), _estimate(T_other, 100, 120, 0.5)]
+    refined = {id(T_true): _estimate(T_true, 842, 900, 0.6), id(T_other): _estimate(T_other, 900, 950, 0.6)}
+    calls = _fake_search(tabletop_localizer, monkeypatch, hypotheses, refined)
+    result = tabletop_localizer.localize(image, CAMERA)
+    assert result.success and result.num_inliers == 842 and len(calls) == 1  # confirmed: 0.94 of matches, 60 %
+    calls.clear()
+    challenging = tabletop_localizer.variant(confirmed=None)  # every accepted pose challenged
+    result = challenging.localize(image, CAMERA)
+    assert result.num_inliers == 900 and len(calls) == 2
 
 
 def test_an_upright_localizer_runs_the_encoder_once_per_level_query(tmp_path):

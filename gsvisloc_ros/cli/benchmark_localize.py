@@ -69,6 +69,7 @@ def _localize_all(localizer, queries: list, name: str, progress: bool) -> list[d
                "perturbed": bool(q.perturbations), "success": bool(result.success),
                "translation_error": None, "translation_error_pct": None, "rotation_error_deg": None,
                "num_inliers": result.num_inliers, "num_matches": result.num_matches,
+               "coverage": None if result.geometry is None else round(result.geometry.coverage, 4),
                "failure_reason": result.failure_reason or None, "coarse_source": result.coarse_source or None,
                "timings_ms": {k: round(v, 2) for k, v in result.timings_ms.items()}, "total_ms": round(wall_ms, 2),
                "cpu_ms": round(cpu_ms, 2)}
