@@ -76,6 +76,9 @@ def _localize_all(localizer, queries: list, name: str, progress: bool) -> list[d
         if result.success and q.positive:
             t, r = pose_error(result.T_world_camera, q.T_world_camera)
             row.update(translation_error=t, translation_error_pct=100.0 * t / q.scene_scale, rotation_error_deg=r)
+        elif result.rejected_T_world_camera is not None and q.positive:  # how far off the refused estimate was
+            t, r = pose_error(result.rejected_T_world_camera, q.T_world_camera)
+            row.update(refused_translation_error=t, refused_rotation_error_deg=r)
         if result.success:
             row["T_world_camera"] = np.asarray(result.T_world_camera).tolist()
         rows.append(row)

@@ -279,6 +279,15 @@ def format_photos(results: dict) -> str:
     load = results["load_average"]
     lines.append(f"  load average (1/5/15 min): {' '.join(f'{v:.2f}' for v in load['localizing'])} when localizing"
                  f" began, {' '.join(f'{v:.2f}' for v in load['end'])} at the end")
+    estimates = [(r["translation_error"], r["rotation_error_deg"]) if r["success"] else
+                 (r.get("refused_translation_error"), r.get("refused_rotation_error_deg"))
+                 for r in results["per_query"] if r["positive"]]
+    estimates = [e for e in estimates if e[0] is not None]
+    if estimates:
+        extent = results["scale"]["extent"]
+        t, rot = np.median([e[0] for e in estimates]), np.median([e[1] for e in estimates])
+        lines.append(f"  every estimate, accepted or refused ({len(estimates)} photos): median {t:.3g} units"
+                     + (f" ({100 * t / extent:.2f}% of the extent)" if extent else "") + f", {rot:.2f} deg")
     failures = [r for r in results["per_query"] if r["positive"] and not r["success"]]
     for r in failures[:10]:
         lines.append(f"  not localized: {r['query']}: {r['failure_reason']}")
