@@ -313,9 +313,9 @@ def test_a_pose_that_agrees_with_the_image_widely_is_not_challenged(tabletop_loc
     refined = {id(T_true): _estimate(T_true, 842, 900, 0.6), id(T_other): _estimate(T_other, 900, 950, 0.6)}
     calls = _fake_search(tabletop_localizer, monkeypatch, hypotheses, refined)
     result = tabletop_localizer.localize(image, CAMERA)
-    assert result.success and result.num_inliers == 842 and len(calls) == 1  # confirmed: 0.94 of matches, 60 %
+    assert result.success and result.num_inliers == 842 and len(calls) == 1  # confirmed: 0.94 of the matches are inliers
     calls.clear()
-    challenging = tabletop_localizer.variant(confirmed=None)  # every accepted pose challenged
+    challenging = tabletop_localizer.variant(confirmed_inlier_ratio=None)  # every accepted pose challenged
     result = challenging.localize(image, CAMERA)
     assert result.num_inliers == 900 and len(calls) == 2
 
@@ -337,3 +337,29 @@ def test_an_upright_localizer_runs_the_encoder_once_per_level_query(tmp_path):
     assert any(np.array_equal(picture, image) for picture in seen)
     for k in (1, 2, 3):  # the query is never turned
         assert not any(np.array_equal(picture, np.rot90(image, k)) for picture in seen)
+
+
+def test_a_tracked_pose_that_agrees_with_the_image_only_in_part_is_challenged_by_the_global_search(
+        tabletop_localizer, monkeypatch):
+    """A prior can hold the refinement in a wrong basin: an accepted pose refined from the prior
+    with a low inlier ratio sends the search on, and the global search's stronger pose wins."""
+    image, T_true = _query(tabletop_localizer, (0.9, 0.5, 0.6), (0.0, 0.0, 0.1))
+    prior = T_true.copy()
+    prior[:3, 3] += [0.1, 0.0, 0.0]
+    T_basin = T_true.copy()
+    T_basin[:3, 3] += [0.05, 0.0, 0.0]
+    seen = []
+
+    def fake_refine(levels, T, landed=None):
+        seen.append(T)
+        if np.allclose(T, prior):
+            return _estimate(T_basin, 179, 299, 0.3)  # accepted, but on 60 % of its matches
+        return _estimate(T_true, 352, 363, 0.4)
+
+    monkeypatch.setattr(tabletop_localizer, "_refine", fake_refine)
+    monkeypatch.setattr(tabletop_localizer, "_coarse",
+                        lambda turned, camera, kind, *a, **k: ([_estimate(T_true, 100, 120, 0.4)], "views"))
+    result = tabletop_localizer.localize(image, CAMERA, prior=prior)
+    assert result.success and result.num_inliers == 352
+    np.testing.assert_allclose(result.T_world_camera, T_true)
+    assert len(seen) >= 2
