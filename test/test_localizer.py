@@ -313,7 +313,7 @@ def test_a_pose_that_agrees_with_the_image_widely_is_not_challenged(tabletop_loc
     refined = {id(T_true): _estimate(T_true, 842, 900, 0.6), id(T_other): _estimate(T_other, 900, 950, 0.6)}
     calls = _fake_search(tabletop_localizer, monkeypatch, hypotheses, refined)
     result = tabletop_localizer.localize(image, CAMERA)
-    assert result.success and result.num_inliers == 842 and len(calls) == 1  # confirmed: 0.94 of the matches are inliers
+    assert result.success and result.num_inliers == 842 and len(calls) == 1  # confirmed: 94 % inliers
     calls.clear()
     challenging = tabletop_localizer.variant(confirmed_inlier_ratio=None)  # every accepted pose challenged
     result = challenging.localize(image, CAMERA)
