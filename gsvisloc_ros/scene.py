@@ -385,7 +385,9 @@ def _aimed_off_centre(gmap: GaussianMap, T: np.ndarray, config: SceneConfig, pro
         axis = np.cos(phi) * T[:3, 0] + np.sin(phi) * T[:3, 1]  # turn about an axis across the view
         turned = T.copy()
         turned[:3, :3] = Rotation.from_rotvec(tilt * axis).as_matrix() @ T[:3, :3]
-        if config.up is not None:  # upright: level again
+        if config.up is not None:  # upright: level again, and no steeper than the others
+            if len(_level_enough(turned[None, :3, 2], config)) == 0:
+                continue
             turned = look_at(T[:3, 3], T[:3, 3] + turned[:3, 2], _up_for(turned[:3, 2], config.up))
         if np.mean(render(gmap, probe, invert_pose(turned), near=near, backend=backend).alpha > 0.5) > 0.2:
             views.append(turned)
