@@ -48,12 +48,9 @@ def run(args: argparse.Namespace) -> int:
               "seconds": round(seconds, 2), "landmarks": len(scene), "virtual_images": len(scene.image_view),
               "layout": scene.geometry.layout,
               **{f"encoding_{k}": v for k, v in scene.stats.items()}}
-    if args.json:
-        print(json.dumps(report))
-    else:
-        print(f"{'loaded' if cached else 'encoded'} {args.map} in {seconds:.1f} s: {len(scene)} landmarks from "
-              f"{len(scene.image_view)} virtual images ({scene.geometry.layout} layout)\ncache: {path}")
-    return 0
+    return _print(args, report, f"{'loaded' if cached else 'encoded'} {args.map} in {seconds:.1f} s: {len(scene)} "
+                                f"landmarks from {len(scene.image_view)} virtual images ({scene.geometry.layout} "
+                                f"layout)\ncache: {path}")
 
 
 def _run_learned(args: argparse.Namespace, gmap, backend: str) -> int:
@@ -73,9 +70,11 @@ def _run_learned(args: argparse.Namespace, gmap, backend: str) -> int:
     report = {"map": str(args.map), "scene_encoder": "learned", "gaussians": len(gmap), "cache": str(path),
               "from_cache": scene.from_cache, "seconds": round(seconds, 2), "regions": len(scene),
               "layout": scene.geometry.layout, **{f"encoding_{k}": v for k, v in scene.stats.items()}}
-    if args.json:
-        print(json.dumps(report))
-    else:
-        print(f"{'loaded' if scene.from_cache else 'encoded'} {args.map} in {seconds:.1f} s: {len(scene)} regions "
-              f"(learned, {scene.geometry.layout} layout)\ncache: {path}")
+    return _print(args, report, f"{'loaded' if scene.from_cache else 'encoded'} {args.map} in {seconds:.1f} s: "
+                                f"{len(scene)} regions (learned, {scene.geometry.layout} layout)\ncache: {path}")
+
+
+def _print(args: argparse.Namespace, report: dict, text: str) -> int:
+    """The report as JSON with ``--json``, else ``text``."""
+    print(json.dumps(report) if args.json else text)
     return 0

@@ -18,7 +18,7 @@ from torch import nn
 from .attention import RegionPatchTransformer
 from .config import LearnedConfig
 from .gaussian_encoder import GaussianEncoder
-from .image_head import ImageHead, patch_positions
+from .image_head import XFEAT_DIM, ImageHead, patch_positions
 from .matching import dual_softmax
 
 FORMAT = "gsvisloc-learned-matcher/1"
@@ -35,6 +35,9 @@ class LearnedMatcher(nn.Module):
         self.gaussians = GaussianEncoder(self.config)
         self.image = ImageHead(self.config)
         self.attention = RegionPatchTransformer(self.config)
+        # Training only: the regions' XFeat descriptors predicted from the 3D encoder's output (the
+        # distillation target that gives the point network a dense signal from the first step).
+        self.distill = nn.Linear(self.config.d_model, XFEAT_DIM)
 
     def encode_scene(self, tensors: dict) -> torch.Tensor:
         """Region descriptors [R, d] of a map (``tensors``: :func:`~.gaussian_encoder.hierarchy_tensors`)."""

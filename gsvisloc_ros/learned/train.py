@@ -28,7 +28,7 @@ from tqdm import tqdm
 from .config import LearnedConfig
 from .data import TrainingMap, load_or_make_training_map
 from .gaussian_encoder import hierarchy_tensors, rotated_tensors
-from .matching import coarse_loss, match_recall
+from .matching import coarse_loss, distillation_loss, match_recall
 from .model import LearnedMatcher, save_weights
 
 log = logging.getLogger(__name__)
@@ -38,13 +38,19 @@ def _device(name: str) -> str:
     return ("cuda" if torch.cuda.is_available() else "cpu") if name == "auto" else name
 
 
+#: Weight of the distillation loss (cosine distance, 0-2) beside the dual-softmax loss (~15 at chance).
+DISTILL_WEIGHT = 10.0
+
+
 def step_batch(model: LearnedMatcher, data: TrainingMap, tensors: dict, views: np.ndarray, device: str):
-    """(loss, confidence, truth) of one map and some of its views."""
+    """(loss, confidence, truth) of one map and some of its views: the dual-softmax loss of the
+    ground-truth matches plus the distillation loss of the regions' predicted XFeat descriptors."""
     regions = model.encode_scene(tensors)
     cells = torch.from_numpy(data.cells[views].astype(np.float32)).to(device)
     scores, confidence = model.match(regions, tensors["regions"], cells)
     truth = [data.pairs[v] for v in views]
-    return coarse_loss(scores, truth), confidence, truth
+    loss = coarse_loss(scores, truth) + DISTILL_WEIGHT * distillation_loss(model.distill(regions), cells, truth)
+    return loss, confidence, truth
 
 
 def evaluate(model: LearnedMatcher, maps: list[TrainingMap], tensors: list[dict], device: str,
@@ -158,7 +164,7 @@ def plot_curves(history: dict, path: Path) -> None:
         a.plot(history["step"], loss, alpha=0.3, label="loss")
         a.plot(history["step"][k - 1:], smooth, label=f"mean of {k}")
     a.set_xlabel("step")
-    a.set_ylabel("dual-softmax NLL")
+    a.set_ylabel("loss (dual-softmax NLL + distillation)")
     a.legend()
     b.plot(history["eval_step"], history["train_recall"], "o-", label="training batch")
     b.plot(history["eval_step"], history["val_recall"], "s-", label="held-out maps")
@@ -179,34 +185,13 @@ def _commit() -> str:
         return "unknown"
 
 
-def main(argv: list[str] | None = None) -> int:
-    parser = argparse.ArgumentParser(prog="python -m gsvisloc_ros.learned.train", description=__doc__.splitlines()[0])
-    parser.add_argument("--out", required=True, help="run directory (checkpoint, data, curves); resumed if present")
-    parser.add_argument("--train-maps", default="tarot,tabletop:0,tabletop:1,poster:0,room:0",
-                        help="comma-separated: plant, tarot, KIND:SEED (procedural) or map paths")
-    parser.add_argument("--val-maps", default="plant", help="held-out maps for the recall curve (never trained on)")
-    parser.add_argument("--steps", type=int, default=500, help="total steps (a resumed run continues up to it)")
-    parser.add_argument("--views", type=int, default=96, help="training views per map")
-    parser.add_argument("--val-views", type=int, default=16, help="validation views per held-out map")
-    parser.add_argument("--batch", type=int, default=4, help="views per step (of one map)")
-    parser.add_argument("--lr", type=float, default=3e-4)
-    parser.add_argument("--seed", type=int, default=0)
-    parser.add_argument("--device", default="auto", help="auto (CUDA when present), cpu or cuda")
-    parser.add_argument("--eval-every", type=int, default=50)
-    parser.add_argument("--save-every", type=int, default=50)
-    parser.add_argument("--threads", type=int, default=1, help="torch threads (0: torch's default)")
-    parser.add_argument("--config", default="{}", metavar="JSON",
-                        help='LearnedConfig fields of a new run, e.g. \'{"d_model": 64}\' '
-                             '(a resumed run keeps its own)')
-    parser.add_argument("--no-rotate", action="store_true", help="do not turn the maps at random (augmentation)")
-    parser.add_argument("--export", help="write the final weights here (+ provenance JSON beside them)")
-    args = parser.parse_args(argv)
-    logging.basicConfig(level=logging.INFO, format="%(levelname)s %(name)s: %(message)s", stream=sys.stderr)
+def run(args: argparse.Namespace) -> int:
+    """Train as ``args`` say (:func:`gsvisloc_ros.cli.train_encoder.add_arguments`); prints the run's summary."""
     train_maps = [m for m in args.train_maps.split(",") if m]
     val_maps = [m for m in args.val_maps.split(",") if m]
     overlap = set(train_maps) & set(val_maps)
     if overlap:
-        parser.error(f"maps both trained on and held out: {sorted(overlap)}")
+        raise ValueError(f"maps both trained on and held out: {sorted(overlap)}")
     history = train(Path(args.out), train_maps, val_maps, args.steps, args.views, args.val_views, args.batch,
                     args.lr, args.seed, args.device, args.eval_every, args.save_every,
                     config=LearnedConfig.from_dict(json.loads(args.config)), progress=True,
@@ -217,13 +202,27 @@ def main(argv: list[str] | None = None) -> int:
     summary["config"] = model.config.to_dict()
     summary.update(steps=args.steps, final_loss_mean_last_50=float(np.mean(history["loss"][-50:])),
                    val_recall=history["val_recall"][-1] if history["val_recall"] else None,
+                   recall_curve={"step": history["eval_step"], "training_batch": history["train_recall"],
+                                 "held_out": history["val_recall"]},
                    train_seconds=round(history.get("seconds", 0.0), 1), commit=_commit(),
-                   command="python -m gsvisloc_ros.learned.train " + " ".join(argv or sys.argv[1:]),
-                   date=time.strftime("%Y-%m-%dT%H:%M:%SZ", time.gmtime()))
+                   command=" ".join(sys.argv), date=time.strftime("%Y-%m-%dT%H:%M:%SZ", time.gmtime()))
     print(json.dumps(summary))
     if args.export:
         save_weights(model, args.export, provenance=summary)
     return 0
+
+
+def main(argv: list[str] | None = None) -> int:
+    from gsvisloc_ros.cli.train_encoder import add_arguments
+
+    parser = argparse.ArgumentParser(prog="python -m gsvisloc_ros.learned.train", description=__doc__.splitlines()[0])
+    add_arguments(parser)
+    args = parser.parse_args(argv)
+    logging.basicConfig(level=logging.INFO, format="%(levelname)s %(name)s: %(message)s", stream=sys.stderr)
+    try:
+        return run(args)
+    except ValueError as exc:
+        parser.error(str(exc))
 
 
 if __name__ == "__main__":
