@@ -68,7 +68,7 @@ def main(argv: list[str] | None = None) -> int:
     print(f"map ready in {time.perf_counter() - start:.1f} s", file=sys.stderr)
 
     rng = np.random.default_rng(0)
-    predictions, rows, prior_ms = [], [], []
+    predictions, rows, prior_ms, stages = [], [], [], []
     for item in items:
         image = cv2.imread(str(root / item["file"]))[:, :, ::-1].copy()
         camera = _camera(spec if isinstance(spec, dict) else {}, item, image.shape[1], image.shape[0])
@@ -76,6 +76,7 @@ def main(argv: list[str] | None = None) -> int:
         truth = None if item.get("T_world_camera") is None else np.asarray(item["T_world_camera"], dtype=float)
         scale = item.get("scene_scale") or 1.0
         latency = sum(result.timings_ms.values())
+        stages.append(result.timings_ms)
         errors = pose_errors(result.T_world_camera, truth) if result.success and truth is not None else None
         rows.append({"truth": truth is not None, "success": result.success, "errors": errors, "scale": scale,
                      "latency_ms": latency})
@@ -97,6 +98,9 @@ def main(argv: list[str] | None = None) -> int:
         latencies_ms=[r["latency_ms"] for r in rows],
     )
     print(json.dumps(summary, indent=1))
+    names = sorted({name for timings in stages for name in timings})
+    print("median ms per stage (over the queries that reached it): " + ", ".join(
+        f"{name} {np.median([t[name] for t in stages if name in t]):.0f}" for name in names))
     if prior_ms:
         print(f"with a prior: median {np.median(prior_ms):.0f} ms over {len(prior_ms)} queries")
     if args.out:

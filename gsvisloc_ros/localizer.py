@@ -37,6 +37,7 @@ from gsvisloc_ros.camera import PinholeCamera, invert_pose, pose_errors
 from gsvisloc_ros.features import Features, check_image, make_encoder
 from gsvisloc_ros.fine_matching import FineMatchingConfig, refine_matches
 from gsvisloc_ros.gaussians import GaussianMap
+from gsvisloc_ros.learned import SCENE_ENCODERS
 from gsvisloc_ros.matching import MatchingConfig, match_descriptors
 from gsvisloc_ros.pose import PnPConfig, PoseAcceptance, PoseEstimate, PoseGeometry, estimate_pose
 from gsvisloc_ros.render import backend_for_device, render
@@ -71,6 +72,7 @@ class CoarseSource(_Named):
     PRIOR_VIEWS = "prior views"  # the virtual images nearest to the prior
     VIEWS = "views"  # the best-voted virtual images
     LANDMARKS = "landmarks"  # all landmarks (when retrieval gave too few inliers)
+    LEARNED = "learned"  # the learned matcher's regions (``scene_encoder="learned"``)
 
 
 @dataclass(frozen=True)
@@ -175,6 +177,10 @@ class LocalizerConfig:
         acceptance: thresholds a pose must pass to be returned as a success.
         scene: how the map is encoded.
         cache_dir: where encoded scenes are cached (``None``: the default cache directory).
+        scene_encoder: ``"lifted"`` (renders + XFeat, the retrieval and matching above) or
+            ``"learned"`` (:mod:`gsvisloc_ros.learned`: the point network over the Gaussians and its
+            matcher give the coarse hypotheses; refinement and acceptance are the same).
+        learned_weights: the learned matcher's weights file (``None``: the packaged one).
     """
 
     encoder: str = "xfeat"
@@ -195,8 +201,12 @@ class LocalizerConfig:
                                                                               max_rmse_px=2.0))
     scene: SceneConfig = field(default_factory=SceneConfig)
     cache_dir: str | None = None
+    scene_encoder: str = "lifted"
+    learned_weights: str | None = None
 
     def __post_init__(self) -> None:
+        if self.scene_encoder not in SCENE_ENCODERS:
+            raise ValueError(f"scene_encoder must be one of {SCENE_ENCODERS}, got {self.scene_encoder!r}")
         if self.query_keypoints < 16:
             raise ValueError(f"query_keypoints must be >= 16, got {self.query_keypoints}")
         if self.working_size is not None and self.working_size < 64:
@@ -274,12 +284,20 @@ class Localizer:
         self.map = gmap
         self.backend = backend_for_device(self.config.device)  # renders run where the device says
         self.encoder = make_encoder(self.config.encoder, self.config.device, top_k=self.config.query_keypoints)
-        self.scene: EncodedScene = load_or_encode(
-            gmap, self.encoder, self.config.scene,
-            Path(self.config.cache_dir) if self.config.cache_dir else None, progress=progress, backend=self.backend,
-        )
-        self._inverted = InvertedFile(self.scene.obs_descriptors, self.scene.image_start, self.scene.vocabulary,
-                                      self.scene.obs_words)
+        cache_dir = Path(self.config.cache_dir) if self.config.cache_dir else None
+        self.learned = None  # the learned coarse stage, with scene_encoder "learned"
+        if self.config.scene_encoder == "learned":
+            from gsvisloc_ros.learned.coarse import LearnedCoarse
+
+            self.learned = LearnedCoarse(gmap, self.encoder, self.config.scene, self.config.learned_weights,
+                                         cache_dir, self.backend)
+            self.scene = self.learned.scene  # geometry, stats, from_cache: what the other stages read
+            self._inverted = None
+        else:
+            self.scene: EncodedScene = load_or_encode(gmap, self.encoder, self.config.scene, cache_dir,
+                                                      progress=progress, backend=self.backend)
+            self._inverted = InvertedFile(self.scene.obs_descriptors, self.scene.image_start,
+                                          self.scene.vocabulary, self.scene.obs_words)
         self._lock = threading.Lock()
 
     @classmethod
@@ -289,7 +307,7 @@ class Localizer:
         return cls(load_map(path), config, progress)
 
     #: Settings a :meth:`variant` cannot change: they decide the encoder and the encoded scene.
-    ENCODING_SETTINGS = ("encoder", "device", "query_keypoints", "scene")
+    ENCODING_SETTINGS = ("encoder", "device", "query_keypoints", "scene", "scene_encoder", "learned_weights")
 
     def variant(self, **changes) -> Localizer:
         """A localizer with some settings changed that shares this one's map, encoder and encoded
@@ -382,19 +400,26 @@ class Localizer:
         # Coarse searches, cheapest first: around the prior, then global, then global among more
         # virtual images, then global with the query turned by 45 degrees (with the quarter turns,
         # every roll is then within 22.5 degrees of one). A wrong prior costs time, never the pose.
-        turned = self._turned_features(image, 0.0, query)
+        turned = self._turned_features(image, 0.0, query) if self.learned is None else [query]
         timer.lap("features")
         searches = [(Search.PRIOR, 0.0)] if prior is not None else []
         searches += [(Search.GLOBAL, 0.0)]
         searches += [(Search.WIDE, 0.0)] if cfg.retrieval.wide_shortlist > cfg.retrieval.shortlist else []
         searches += [(Search.GLOBAL, 45.0)] if (cfg.retry_rotated and not self.encoder.rotation_invariant
                                                 and cfg.scene.up is None) else []
+        if self.learned is not None:  # the learned coarse stage: one global search
+            searches = [(Search.GLOBAL, 0.0)]
         for kind, degrees in searches:
             if degrees:
                 turned = self._turned_features(image, degrees)
                 timer.lap("features")
-            hypotheses, found_at = self._coarse(turned, camera, kind, prior, timer,
-                                                landmarks=kind == Search.GLOBAL and not degrees)
+            if self.learned is not None:
+                hypotheses = self.learned.hypotheses(image, camera, self._query_turns, cfg.coarse_pnp,
+                                                     cfg.min_coarse_inliers, timer)
+                found_at = CoarseSource.LEARNED
+            else:
+                hypotheses, found_at = self._coarse(turned, camera, kind, prior, timer,
+                                                    landmarks=kind == Search.GLOBAL and not degrees)
             budget = len(refined) + cfg.max_refinements
             challenged = False
             for coarse in hypotheses:

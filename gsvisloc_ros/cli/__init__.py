@@ -16,6 +16,7 @@ COMMANDS = {
     "info": "summarise a 3DGS map",
     "render": "render a map from a camera pose",
     "encode": "encode a map into landmarks for localization (cached)",
+    "train-encoder": "train the learned scene encoder and matcher (renders of maps, resumable)",
     "localize": "estimate the camera pose of images against a map",
     "fit": "fit a 3DGS map to posed photos (COLMAP, transforms.json), on the CPU",
     "benchmark": "time and score the pipeline's stages",

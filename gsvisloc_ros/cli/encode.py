@@ -17,6 +17,10 @@ def register(subparsers: argparse._SubParsersAction) -> None:
     parser.add_argument("--cache-dir", help="where encoded scenes are cached (default: ~/.cache/gsvisloc)")
     parser.add_argument("--force", action="store_true", help="encode again even when a cached encoding exists")
     parser.add_argument("--json", action="store_true", help="print the report as JSON")
+    parser.add_argument("--scene-encoder", default="lifted", choices=("lifted", "learned"),
+                        help="lifted (renders + 2D encoder) or learned (point network over the Gaussians); "
+                             "default: lifted")
+    parser.add_argument("--learned-weights", help="weights of the learned matcher (default: the packaged ones)")
     parser.set_defaults(func=run)
 
 
@@ -30,6 +34,8 @@ def run(args: argparse.Namespace) -> int:
     config = LocalizerConfig(encoder=args.encoder, device=args.device, cache_dir=args.cache_dir)
     backend = backend_for_device(config.device)  # as the localizer renders, so it finds this cache
     gmap = load_map(args.map)
+    if args.scene_encoder == "learned":
+        return _run_learned(args, gmap, backend)
     encoder = make_encoder(config.encoder, config.device, top_k=config.scene.keypoints_per_view)
     path = cache_path(gmap, encoder, config.scene, args.cache_dir, backend)
     if args.force and path.exists():
@@ -42,9 +48,33 @@ def run(args: argparse.Namespace) -> int:
               "seconds": round(seconds, 2), "landmarks": len(scene), "virtual_images": len(scene.image_view),
               "layout": scene.geometry.layout,
               **{f"encoding_{k}": v for k, v in scene.stats.items()}}
-    if args.json:
-        print(json.dumps(report))
-    else:
-        print(f"{'loaded' if cached else 'encoded'} {args.map} in {seconds:.1f} s: {len(scene)} landmarks from "
-              f"{len(scene.image_view)} virtual images ({scene.geometry.layout} layout)\ncache: {path}")
+    return _print(args, report, f"{'loaded' if cached else 'encoded'} {args.map} in {seconds:.1f} s: {len(scene)} "
+                                f"landmarks from {len(scene.image_view)} virtual images ({scene.geometry.layout} "
+                                f"layout)\ncache: {path}")
+
+
+def _run_learned(args: argparse.Namespace, gmap, backend: str) -> int:
+    from gsvisloc_ros.features import resolve_device
+    from gsvisloc_ros.learned.model import load_weights, packaged_weights, weights_hash
+    from gsvisloc_ros.learned.scene import learned_cache_path, learned_key, load_or_encode_learned
+    from gsvisloc_ros.scene import SceneConfig
+
+    weights = args.learned_weights or packaged_weights()
+    model = load_weights(weights, resolve_device(args.device))
+    path = learned_cache_path(gmap, learned_key(model, weights_hash(weights), SceneConfig(), backend), args.cache_dir)
+    if args.force and path.exists():
+        path.unlink()
+    start = time.perf_counter()
+    scene = load_or_encode_learned(gmap, model, weights, SceneConfig(), args.cache_dir, backend)
+    seconds = time.perf_counter() - start
+    report = {"map": str(args.map), "scene_encoder": "learned", "gaussians": len(gmap), "cache": str(path),
+              "from_cache": scene.from_cache, "seconds": round(seconds, 2), "regions": len(scene),
+              "layout": scene.geometry.layout, **{f"encoding_{k}": v for k, v in scene.stats.items()}}
+    return _print(args, report, f"{'loaded' if scene.from_cache else 'encoded'} {args.map} in {seconds:.1f} s: "
+                                f"{len(scene)} regions (learned, {scene.geometry.layout} layout)\ncache: {path}")
+
+
+def _print(args: argparse.Namespace, report: dict, text: str) -> int:
+    """The report as JSON with ``--json``, else ``text``."""
+    print(json.dumps(report) if args.json else text)
     return 0

@@ -30,6 +30,10 @@ def register(subparsers: argparse._SubParsersAction) -> None:
     parser.add_argument("--device", default="auto", help="torch device: auto, cpu or cuda (default: auto)")
     parser.add_argument("--cache-dir", help="where encoded scenes are cached (default: ~/.cache/gsvisloc)")
     parser.add_argument("--json", action="store_true", help="one JSON object per line and image")
+    parser.add_argument("--scene-encoder", default="lifted", choices=("lifted", "learned"),
+                        help="coarse stage: lifted (renders + 2D encoder) or learned (point network over the "
+                             "Gaussians); default: lifted")
+    parser.add_argument("--learned-weights", help="weights of the learned matcher (default: the packaged ones)")
     parser.set_defaults(func=run)
 
 
@@ -62,7 +66,9 @@ def run(args: argparse.Namespace) -> int:
     distortion = np.array(parse_numbers(args.distortion, "--distortion", (4, 5))) if args.distortion else None
     scene = SceneConfig(up=parse_numbers(args.upright, "--upright", (3,))) if args.upright else SceneConfig()
     localizer = Localizer.from_file(args.map, LocalizerConfig(encoder=args.encoder, device=args.device,
-                                                              cache_dir=args.cache_dir, scene=scene))
+                                                              cache_dir=args.cache_dir, scene=scene,
+                                                              scene_encoder=args.scene_encoder,
+                                                              learned_weights=args.learned_weights))
     failures = 0
     for path in args.images:
         image = read_image(path)

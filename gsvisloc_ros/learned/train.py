@@ -1,0 +1,229 @@
+"""Train the learned matcher: ``python -m gsvisloc_ros.learned.train --out DIR [...]``.
+
+Seeded and resumable: ``DIR/checkpoint.pt`` (weights, optimiser, step, history; loaded with
+``weights_only=True``) is written every ``--save-every`` steps and at the end, and a run started
+again with the same ``DIR`` continues from it up to ``--steps``. Training data (renders, frozen
+XFeat maps, ground truth) is made once per map into ``DIR/data``. Each step takes one training
+map (drawn by the seeded step number), runs the 3D encoder once and matches ``--batch`` of its
+views. Every ``--eval-every`` steps the recall of ground-truth regions (best patch within one
+patch of the true one) is measured on the validation maps' views, never trained on. Writes
+``DIR/curves.png`` (loss and recall) and, with ``--export PATH``, the weights and their provenance
+JSON (data, steps, commit, figures).
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import logging
+import subprocess
+import sys
+import time
+from pathlib import Path
+
+import numpy as np
+import torch
+from tqdm import tqdm
+
+from .config import LearnedConfig
+from .data import TrainingMap, load_or_make_training_map
+from .gaussian_encoder import hierarchy_tensors, rotated_tensors
+from .matching import coarse_loss, distillation_loss, match_recall
+from .model import LearnedMatcher, save_weights
+
+log = logging.getLogger(__name__)
+
+
+def _device(name: str) -> str:
+    return ("cuda" if torch.cuda.is_available() else "cpu") if name == "auto" else name
+
+
+#: Weight of the distillation loss (cosine distance, 0-2) beside the dual-softmax loss (~15 at chance).
+DISTILL_WEIGHT = 10.0
+
+
+def step_batch(model: LearnedMatcher, data: TrainingMap, tensors: dict, views: np.ndarray, device: str):
+    """(loss, confidence, truth) of one map and some of its views: the dual-softmax loss of the
+    ground-truth matches plus the distillation loss of the regions' predicted XFeat descriptors."""
+    regions = model.encode_scene(tensors)
+    cells = torch.from_numpy(data.cells[views].astype(np.float32)).to(device)
+    scores, confidence = model.match(regions, tensors["regions"], cells)
+    truth = [data.pairs[v] for v in views]
+    loss = coarse_loss(scores, truth) + DISTILL_WEIGHT * distillation_loss(model.distill(regions), cells, truth)
+    return loss, confidence, truth
+
+
+def evaluate(model: LearnedMatcher, maps: list[TrainingMap], tensors: list[dict], device: str,
+             batch: int = 4) -> float:
+    """Recall (within one patch) over every view of ``maps``."""
+    hits = total = 0.0
+    model.eval()
+    with torch.inference_mode():
+        for data, t in zip(maps, tensors, strict=True):
+            cols = data.cells.shape[2]
+            for start in range(0, len(data.cells), batch):
+                views = np.arange(start, min(start + batch, len(data.cells)))
+                _, confidence, truth = step_batch(model, data, t, views, device)
+                n = sum(len(p) for p in truth)
+                hits += match_recall(confidence, truth, cols) * n
+                total += n
+    model.train()
+    return hits / max(total, 1.0)
+
+
+def train(out: Path, train_maps: list[str], val_maps: list[str], steps: int, views: int = 96, val_views: int = 16,
+          batch: int = 4, lr: float = 3e-4, seed: int = 0, device: str = "auto", eval_every: int = 50,
+          save_every: int = 50, config: LearnedConfig | None = None, progress: bool = True,
+          threads: int | None = 1, rotate: bool = True) -> dict:
+    """Train (or resume) into ``out``; returns the history."""
+    from gsvisloc_ros.features import make_encoder
+
+    if threads:
+        torch.set_num_threads(threads)
+    device = _device(device)
+    out = Path(out)
+    out.mkdir(parents=True, exist_ok=True)
+    checkpoint_path = out / "checkpoint.pt"
+    state = torch.load(checkpoint_path, map_location="cpu", weights_only=True) if checkpoint_path.is_file() else None
+    config = LearnedConfig.from_dict(state["config"]) if state else (config or LearnedConfig())
+    torch.manual_seed(seed)
+    model = LearnedMatcher(config).to(device)
+    optimiser = torch.optim.Adam(model.parameters(), lr=lr)
+    history = {"step": [], "loss": [], "eval_step": [], "val_recall": [], "train_recall": [], "seconds": 0.0}
+    start_step = 0
+    if state:
+        model.load_state_dict(state["state_dict"])
+        optimiser.load_state_dict(state["optimizer"])
+        history = json.loads(state["history"])
+        start_step = int(state["step"])
+        log.info("resuming from step %d", start_step)
+    xfeat = make_encoder("xfeat", device)
+    data_dir = out / "data"
+    train_data = [load_or_make_training_map(n, data_dir, xfeat, config, views, seed, progress) for n in train_maps]
+    val_data = [load_or_make_training_map(n, data_dir, xfeat, config, val_views, seed + 1000, progress)
+                for n in val_maps]
+    train_tensors = [hierarchy_tensors(d.hierarchy, device) for d in train_data]
+    val_tensors = [hierarchy_tensors(d.hierarchy, device) for d in val_data]
+
+    def save(step: int) -> None:
+        torch.save({"format": "gsvisloc-learned-checkpoint/1", "config": config.to_dict(), "step": step,
+                    "state_dict": model.state_dict(), "optimizer": optimiser.state_dict(),
+                    "history": json.dumps(history)}, checkpoint_path)
+        plot_curves(history, out / "curves.png")
+
+    model.train()
+    began = time.perf_counter()
+    bar = tqdm(range(start_step, steps), initial=start_step, total=steps, desc="training", disable=not progress)
+    for step in bar:
+        rng = np.random.default_rng(np.random.SeedSequence((seed, step)))
+        m = int(rng.integers(len(train_data)))
+        data = train_data[m]
+        chosen = rng.choice(len(data.cells), size=min(batch, len(data.cells)), replace=False)
+        tensors = train_tensors[m]
+        if rotate:  # the map turned at random about its centre (see rotated_tensors)
+            from scipy.spatial.transform import Rotation
+
+            tensors = rotated_tensors(tensors, Rotation.random(random_state=int(rng.integers(2**31))).as_matrix())
+        loss, confidence, truth = step_batch(model, data, tensors, chosen, device)
+        optimiser.zero_grad()
+        loss.backward()
+        optimiser.step()
+        history["step"].append(step + 1)
+        history["loss"].append(float(loss.detach()))
+        bar.set_postfix(loss=f"{history['loss'][-1]:.3f}", map=data.name)
+        last = step + 1 == steps
+        if (step + 1) % eval_every == 0 or last:
+            history["eval_step"].append(step + 1)
+            history["train_recall"].append(match_recall(confidence.detach(), truth, data.cells.shape[2]))
+            history["val_recall"].append(evaluate(model, val_data, val_tensors, device) if val_data else float("nan"))
+            log.info("step %d: loss %.3f, batch recall %.3f, validation recall %.3f", step + 1, history["loss"][-1],
+                     history["train_recall"][-1], history["val_recall"][-1])
+        if (step + 1) % save_every == 0 or last:
+            history["seconds"] = history.get("seconds", 0.0) + time.perf_counter() - began
+            began = time.perf_counter()
+            save(step + 1)
+    history["train_maps"], history["val_maps"], history["device"] = train_maps, val_maps, device
+    history["views"], history["val_views"], history["batch"], history["lr"], history["seed"] = (
+        views, val_views, batch, lr, seed)
+    history["rotate"] = rotate
+    history["model"] = model
+    return history
+
+
+def plot_curves(history: dict, path: Path) -> None:
+    import matplotlib
+
+    matplotlib.use("Agg")
+    import matplotlib.pyplot as plt
+
+    fig, (a, b) = plt.subplots(1, 2, figsize=(10, 3.5))
+    loss = np.asarray(history["loss"])
+    if len(loss):
+        k = max(1, len(loss) // 50)
+        smooth = np.convolve(loss, np.ones(k) / k, mode="valid")
+        a.plot(history["step"], loss, alpha=0.3, label="loss")
+        a.plot(history["step"][k - 1:], smooth, label=f"mean of {k}")
+    a.set_xlabel("step")
+    a.set_ylabel("loss (dual-softmax NLL + distillation)")
+    a.legend()
+    b.plot(history["eval_step"], history["train_recall"], "o-", label="training batch")
+    b.plot(history["eval_step"], history["val_recall"], "s-", label="held-out maps")
+    b.set_xlabel("step")
+    b.set_ylabel("recall (best patch within 1 patch)")
+    b.set_ylim(0, 1)
+    b.legend()
+    fig.tight_layout()
+    fig.savefig(path, dpi=100)
+    plt.close(fig)
+
+
+def _commit() -> str:
+    try:
+        return subprocess.run(["git", "rev-parse", "HEAD"], capture_output=True, text=True, check=True,
+                              cwd=Path(__file__).parent).stdout.strip()
+    except (OSError, subprocess.CalledProcessError):
+        return "unknown"
+
+
+def run(args: argparse.Namespace) -> int:
+    """Train as ``args`` say (:func:`gsvisloc_ros.cli.train_encoder.add_arguments`); prints the run's summary."""
+    train_maps = [m for m in args.train_maps.split(",") if m]
+    val_maps = [m for m in args.val_maps.split(",") if m]
+    overlap = set(train_maps) & set(val_maps)
+    if overlap:
+        raise ValueError(f"maps both trained on and held out: {sorted(overlap)}")
+    history = train(Path(args.out), train_maps, val_maps, args.steps, args.views, args.val_views, args.batch,
+                    args.lr, args.seed, args.device, args.eval_every, args.save_every,
+                    config=LearnedConfig.from_dict(json.loads(args.config)), progress=True,
+                    threads=args.threads or None, rotate=not args.no_rotate)
+    model = history.pop("model")
+    summary = {k: history[k] for k in ("train_maps", "val_maps", "device", "views", "val_views", "batch", "lr",
+                                       "seed", "rotate")}
+    summary["config"] = model.config.to_dict()
+    summary.update(steps=args.steps, final_loss_mean_last_50=float(np.mean(history["loss"][-50:])),
+                   val_recall=history["val_recall"][-1] if history["val_recall"] else None,
+                   recall_curve={"step": history["eval_step"], "training_batch": history["train_recall"],
+                                 "held_out": history["val_recall"]},
+                   train_seconds=round(history.get("seconds", 0.0), 1), commit=_commit(),
+                   command=" ".join(sys.argv), date=time.strftime("%Y-%m-%dT%H:%M:%SZ", time.gmtime()))
+    print(json.dumps(summary))
+    if args.export:
+        save_weights(model, args.export, provenance=summary)
+    return 0
+
+
+def main(argv: list[str] | None = None) -> int:
+    from gsvisloc_ros.cli.train_encoder import add_arguments
+
+    parser = argparse.ArgumentParser(prog="python -m gsvisloc_ros.learned.train", description=__doc__.splitlines()[0])
+    add_arguments(parser)
+    args = parser.parse_args(argv)
+    logging.basicConfig(level=logging.INFO, format="%(levelname)s %(name)s: %(message)s", stream=sys.stderr)
+    try:
+        return run(args)
+    except ValueError as exc:
+        parser.error(str(exc))
+
+
+if __name__ == "__main__":
+    sys.exit(main())
