@@ -34,19 +34,26 @@ from .image_head import STRIDE, xfeat_cells
 
 log = logging.getLogger(__name__)
 
-#: Shared maps (world up -y, COLMAP convention) and procedural scenes (up +z) usable for training.
-SHARED_SPLATS = Path("/work/shared/data/splats")
+#: Real captures (world up -y, COLMAP convention) known by name, found in the folder named by the
+#: environment variable ``GSVISLOC_SPLATS`` (the package reads no data folder of its own accord).
 REAL_MAPS = {"plant": "plant.ply", "tarot": "tarot_cards.ply"}
 
 
-def load_named_map(name: str, splats: Path = SHARED_SPLATS) -> tuple[GaussianMap, tuple[float, float, float]]:
-    """A map by name and its world up: ``plant``, ``tarot`` (shared captures), ``KIND:SEED``
-    (procedural: tabletop, room, poster) or a path to a map file (up -y)."""
+def load_named_map(name: str, splats: Path | None = None) -> tuple[GaussianMap, tuple[float, float, float]]:
+    """A map by name and its world up: ``plant``, ``tarot`` (real captures in ``splats`` or
+    ``$GSVISLOC_SPLATS``), ``KIND:SEED`` (procedural: tabletop, room, poster; up +z) or a path to a
+    map file (up -y)."""
+    import os
+
     from gsvisloc_ros.io import load_map
     from gsvisloc_ros.synthetic import make_scene
 
     if name in REAL_MAPS:
-        return load_map(Path(splats) / REAL_MAPS[name]), (0.0, -1.0, 0.0)
+        folder = splats or os.environ.get("GSVISLOC_SPLATS")
+        if not folder:
+            raise ValueError(f"{name!r} names a real capture: set GSVISLOC_SPLATS to the folder holding "
+                             f"{REAL_MAPS[name]}, or give the map's path")
+        return load_map(Path(folder) / REAL_MAPS[name]), (0.0, -1.0, 0.0)
     if ":" in name:
         kind, seed = name.split(":", 1)
         detail = 1.0
