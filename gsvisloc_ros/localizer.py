@@ -392,11 +392,11 @@ class Localizer:
             ok, reason = cfg.acceptance.check(estimate)
             if ok and self._confirmed(estimate):
                 return self._result(estimate, ok, reason, timer, CoarseSource.PRIOR)
-            source = CoarseSource.PRIOR if ok else source
-            if not ok:
-                estimate = None  # a refused refinement of the prior is no candidate: the searches find better
-            elif estimate.success:
+            if ok:  # accepted, but to be challenged by the searches
+                source = CoarseSource.PRIOR
                 landed.append(estimate.T_world_camera)
+            else:
+                estimate = None  # a refused refinement of the prior is no candidate: the searches find better
         # Coarse searches, cheapest first: around the prior, then global, then global among more
         # virtual images, then global with the query turned by 45 degrees (with the quarter turns,
         # every roll is then within 22.5 degrees of one). A wrong prior costs time, never the pose.
@@ -561,6 +561,10 @@ class Localizer:
         distance, angle = pose_errors(T_a, T_b)
         return distance < 0.05 * self.scene.geometry.typical_distance and angle < 5.0
 
+    def _lands_on(self, T: np.ndarray, landed: list | None) -> bool:
+        """Whether ``T`` is the same pose as one an earlier refinement of the image ended at."""
+        return any(self._same_pose(T, other) for other in landed or ())
+
     def _nearest_images(self, prior: np.ndarray, count: int) -> tuple[np.ndarray, np.ndarray]:
         """(Virtual image, query turn) pairs whose view is closest to the prior pose (position,
         direction and roll)."""
@@ -651,10 +655,10 @@ class Localizer:
                 # when it found a pose of its own.
                 if estimate.success and estimate.num_inliers >= self.config.min_coarse_inliers:
                     T = estimate.T_world_camera
-                    if any(self._same_pose(T, other) for other in landed or ()):
+                    if self._lands_on(T, landed):
                         return None
                 continue
-            if estimate.success and any(self._same_pose(estimate.T_world_camera, other) for other in landed or ()):
+            if estimate.success and self._lands_on(estimate.T_world_camera, landed):
                 return None
             if not estimate.success or (previous is not None and estimate.num_inliers < 0.5 * previous.num_inliers):
                 return previous if previous is not None else estimate

@@ -256,15 +256,27 @@ def probe_layout(gmap: GaussianMap, centre: np.ndarray, radius: float, backend: 
     good part of the map's radius away; at the centre of an object capture the object itself (or
     the table it stands on) is right there, within a few percent of the radius.
     """
-    probe = PinholeCamera(16.0, 16.0, 15.5, 15.5, 32, 32)
-    coverage, depth = [], []
-    for d in np.vstack([np.eye(3), -np.eye(3)]):
-        result = render(gmap, probe, invert_pose(look_at(centre, centre + d, _up_for(d))), near=0.01 * radius,
-                        backend=backend)
-        covered = result.alpha > 0.5
-        coverage.append(covered.mean())
-        depth.append(np.median(result.depth[covered]) / radius if covered.any() else 0.0)
+    looks = _six_ways(gmap, centre, 0.01 * radius, backend)
+    coverage = [covered for covered, _ in looks]
+    depth = [np.median(d) / radius if len(d) else 0.0 for _, d in looks]
     return "inside_out" if min(coverage) > 0.5 and np.median(depth) > 0.3 else "object"
+
+
+#: A 90-degree, 32x32 look: enough to tell what surrounds a point and how far it is.
+_PROBE = PinholeCamera(16.0, 16.0, 15.5, 15.5, 32, 32)
+
+
+def _glance(gmap: GaussianMap, T: np.ndarray, near: float, backend: str) -> tuple[float, np.ndarray]:
+    """(fraction of the look that is opaque, the depths there) from ``T_world_camera``."""
+    result = render(gmap, _PROBE, invert_pose(T), near=near, backend=backend)
+    covered = result.alpha > 0.5
+    return float(covered.mean()), result.depth[covered]
+
+
+def _six_ways(gmap: GaussianMap, position: np.ndarray, near: float, backend: str) -> list[tuple[float, np.ndarray]]:
+    """:func:`_glance` from ``position`` along +-x, +-y and +-z: everything around it."""
+    return [_glance(gmap, look_at(position, position + d, _up_for(d)), near, backend)
+            for d in np.vstack([np.eye(3), -np.eye(3)])]
 
 
 def fibonacci_directions(count: int) -> np.ndarray:
@@ -348,24 +360,18 @@ def inside_out_views(gmap: GaussianMap, geometry: SceneGeometry, config: SceneCo
         shell = shell - (2.0 / 3.0) * np.outer(shell @ up, up)
     positions = [geometry.centre] + [geometry.centre + 0.3 * factor * r * d
                                      for factor in config.distance_factors for d in shell]
-    probe = PinholeCamera(16.0, 16.0, 15.5, 15.5, 32, 32)
     near = 0.01 * r
     level = _level_enough(directions, config)
     views, dropped = [], 0
     for p in positions:
-        depths = []
-        for d in np.vstack([np.eye(3), -np.eye(3)]):
-            result = render(gmap, probe, invert_pose(look_at(p, p + d, _up_for(d))), near=near, backend=backend)
-            covered = result.alpha > 0.5
-            depths.append(np.median(result.depth[covered]) if covered.mean() > 0.5 else np.nan)
+        depths = [np.median(d) if covered > 0.5 else np.nan for covered, d in _six_ways(gmap, p, near, backend)]
         if not np.all(np.isfinite(depths)) or np.mean(depths) < config.min_clearance * r * 2:
             dropped += 1
             continue
         for d in level:
             T = look_at(p, p + d, _up_for(d, up))
-            result = render(gmap, probe, invert_pose(T), near=near, backend=backend)
-            covered = result.alpha > 0.5
-            if covered.mean() > 0.3 and np.percentile(result.depth[covered], 10) >= config.min_clearance * r:
+            covered, depth = _glance(gmap, T, near, backend)
+            if covered > 0.3 and np.percentile(depth, 10) >= config.min_clearance * r:
                 views.append(T)
     log.info("inside-out views: %d positions in free space (%d of %d dropped), %d views", len(positions) - dropped,
              dropped, len(positions), len(views))

@@ -23,7 +23,7 @@ from pathlib import Path
 import numpy as np
 
 from gsvisloc_ros.cli import CommandError, parse_numbers
-from gsvisloc_ros.cli.benchmark_localize import _localize_all, _stage_medians
+from gsvisloc_ros.cli.benchmark_localize import _localize_all, _stage_medians, _summarise_rows
 from gsvisloc_ros.evaluation.queries import Query
 
 IMAGE_SUFFIXES = (".png", ".jpg", ".jpeg", ".bmp", ".ppm", ".tif", ".tiff")
@@ -55,27 +55,30 @@ def _uint8(rgb: np.ndarray) -> np.ndarray:
     return (np.clip(rgb, 0.0, 1.0) * 255.0).round().astype(np.uint8)
 
 
-def _held_out(map_path: str, fit_report: str | None) -> tuple[set[str], str | None]:
+def _fit_report(map_path: str, fit_report: str | None) -> tuple[dict, str | None]:
+    """The map's fit report (``{}`` when there is none beside the map) and its path."""
     path = Path(fit_report) if fit_report else Path(map_path).with_suffix(".fit.json")
     if not path.is_file():
         if fit_report:
             raise CommandError(f"--fit-report: no file at {path}")
-        return set(), None
+        return {}, None
     try:
-        return set(json.loads(path.read_text())["test_images"]), str(path)
+        report = json.loads(path.read_text())
+        report["test_images"] = set(report["test_images"])
     except (ValueError, KeyError, TypeError) as exc:
         raise CommandError(f"{path} is not a fit report with test_images: {exc}") from None
+    return report, str(path)
 
 
-def _up(args, photo_set, report_path: str | None) -> tuple[float, float, float] | None:
+def _up(args, photo_set, report: dict) -> tuple[float, float, float] | None:
     from gsvisloc_ros.camera import level_up
 
     if args.upright is None:
         return None
     if args.upright != "auto":
         return parse_numbers(args.upright, "--upright", (3,))
-    if report_path and json.loads(Path(report_path).read_text()).get("up"):
-        return tuple(json.loads(Path(report_path).read_text())["up"])
+    if report.get("up"):
+        return tuple(report["up"])
     return tuple(level_up([p.T_world_camera for p in photo_set.photos])[0])
 
 
@@ -96,9 +99,8 @@ def photo_queries(photo_set, held_out: set[str], scale, limit: int = 0) -> list[
 def negative_queries(path: str) -> list[Query]:
     """Images of another place: every photo of a photo set, every image of a query folder
     (queries.json intrinsics), or every image of a plain folder (a 60-degree horizontal field of view)."""
-    import cv2
-
     from gsvisloc_ros.camera import PinholeCamera
+    from gsvisloc_ros.cli.localize import read_image
     from gsvisloc_ros.io.photosets import PhotoSetError, load_photo, load_photo_set
 
     root = Path(path)
@@ -125,10 +127,8 @@ def negative_queries(path: str) -> list[Query]:
         raise CommandError(f"--negatives {path}: no photo set, queries.json or images there")
     out = []
     for file, K in items:
-        bgr = cv2.imread(str(file), cv2.IMREAD_COLOR)
-        if bgr is None:
-            raise CommandError(f"--negatives: cannot read {file}")
-        h, w = bgr.shape[:2]
+        image = read_image(str(file))
+        h, w = image.shape[:2]
         if isinstance(K, dict):
             camera = PinholeCamera(float(K["fx"]), float(K["fy"]), float(K["cx"]), float(K["cy"]), w, h)
         elif K is not None:
@@ -137,15 +137,9 @@ def negative_queries(path: str) -> list[Query]:
         else:
             f = 0.5 * w / np.tan(np.radians(30.0))
             camera = PinholeCamera(f, f, (w - 1) / 2, (h - 1) / 2, w, h)
-        out.append(Query(f"{label}/{file.name}", np.ascontiguousarray(bgr[:, :, ::-1]), camera, None, None,
+        out.append(Query(f"{label}/{file.name}", image, camera, None, None,
                          "negative", ("negative", label)))
     return out
-
-
-def _summary(rows: list[dict], scales: dict) -> dict:
-    from gsvisloc_ros.cli.benchmark_localize import _summarise_rows
-
-    return _summarise_rows(rows, scales)
 
 
 def run_photos(args: argparse.Namespace, progress: bool = True) -> dict:
@@ -161,14 +155,15 @@ def run_photos(args: argparse.Namespace, progress: bool = True) -> dict:
         photo_set = load_photo_set(args.photos)
     except PhotoSetError as exc:
         raise CommandError(str(exc)) from None
-    held_out, report_path = _held_out(args.map, args.fit_report)
+    report, report_path = _fit_report(args.map, args.fit_report)
+    held_out = report.get("test_images", set())
     try:
         config = LocalizerConfig.from_dict(json.loads(args.localizer_config))
     except (ValueError, TypeError) as exc:
         raise CommandError(f"--localizer-config: {exc}") from None
     if args.cache_dir:
         config = replace(config, cache_dir=args.cache_dir)
-    up = _up(args, photo_set, report_path)
+    up = _up(args, photo_set, report)
     if up is not None:
         try:
             config = replace(config, scene=replace(config.scene, up=up))
@@ -197,7 +192,7 @@ def run_photos(args: argparse.Namespace, progress: bool = True) -> dict:
     for name in SUBSETS:
         chosen = [r for r in rows if r["category"] == name]
         if chosen:
-            subsets[name] = _summary(chosen, scales)
+            subsets[name] = _summarise_rows(chosen, scales)
     results = {
         "benchmark": "photos", "map": str(args.map), "photos": str(args.photos), "fit_report": report_path,
         "gaussians": len(gmap), "layout": localizer.scene.geometry.layout, "scale": scale.to_dict(),
@@ -207,8 +202,8 @@ def run_photos(args: argparse.Namespace, progress: bool = True) -> dict:
         "virtual_views": len(localizer.scene.view_poses),
         "sizes": sorted({f"{r['size'][0]}x{r['size'][1]}" for r in rows}),
         "negatives_from": list(args.negatives),
-        "summary": _summary(rows, scales), "subsets": subsets,
-        "positives_summary": _summary(positives, scales) if positives else None,
+        "summary": _summarise_rows(rows, scales), "subsets": subsets,
+        "positives_summary": _summarise_rows(positives, scales) if positives else None,
         "stages_ms": _stage_medians(positives), "load_average": {"start": list(load_start), "localizing": list(load),
                                                             "end": list(os.getloadavg())},
         "per_query": rows,
