@@ -430,7 +430,9 @@ class GsvislocCore:
                 if not np.allclose(p.map_transform, np.eye(4)):
                     gmap = gmap.transform(p.map_transform)
                 config = dataclasses.replace(self._base_config or LocalizerConfig(), encoder=p.encoder,
-                                             device=p.device, cache_dir=p.cache_dir or None)
+                                             device=p.device, cache_dir=p.cache_dir or None,
+                                             scene_encoder=p.scene_encoder,
+                                             learned_weights=p.learned_weights or None)
                 if p.upright:  # the map is in map_frame now, whose z is up (REP 103)
                     config = dataclasses.replace(config, scene=dataclasses.replace(config.scene, up=(0.0, 0.0, 1.0)))
                 localizer = Localizer(gmap, config, progress=False)

@@ -25,6 +25,7 @@ _TRACKING = TrackingConfig()
 MODES = ("continuous", "on_demand")
 DEVICES = ("auto", "cpu", "cuda")
 ENCODERS = ("xfeat", "sift")
+SCENE_ENCODERS = ("lifted", "learned")
 IDENTITY_MAP_TO_FRAME = (0.0, 0.0, 0.0, 0.0, 0.0, 0.0, 1.0)
 
 
@@ -47,6 +48,11 @@ PARAMETERS: tuple[Spec, ...] = (
     Spec("device", "auto", "torch device of the encoder: auto (CUDA when present), cpu or cuda", choices=DEVICES,
          reload=True),
     Spec("encoder", "xfeat", "2D feature encoder: xfeat or sift", choices=ENCODERS, reload=True),
+    Spec("scene_encoder", "lifted", "how the map is encoded: lifted (renders virtual views and lifts XFeat "
+         "descriptors onto the Gaussians; a minute per 100k Gaussians on a CPU, the accurate one) or learned (the "
+         "trained point network over the Gaussians; seconds; see the README for its figures)", choices=SCENE_ENCODERS,
+         reload=True),
+    Spec("learned_weights", "", "weights file of the learned matcher; empty: the packaged weights", reload=True),
     Spec("cache_dir", "", "directory of encoded-scene caches; empty: $GSVISLOC_CACHE_DIR or ~/.cache/gsvisloc",
          reload=True),
     Spec("map_to_frame", list(IDENTITY_MAP_TO_FRAME),
@@ -211,6 +217,8 @@ class NodeParams:
     map_path: str = ""
     device: str = "auto"
     encoder: str = "xfeat"
+    scene_encoder: str = "lifted"
+    learned_weights: str = ""
     cache_dir: str = ""
     map_to_frame: list = field(default_factory=lambda: list(IDENTITY_MAP_TO_FRAME))
     upright: bool = False
