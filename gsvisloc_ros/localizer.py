@@ -72,7 +72,7 @@ class CoarseSource(_Named):
     PRIOR_VIEWS = "prior views"  # the virtual images nearest to the prior
     VIEWS = "views"  # the best-voted virtual images
     LANDMARKS = "landmarks"  # all landmarks (when retrieval gave too few inliers)
-    LEARNED = "learned"  # the learned matcher's regions (``scene_encoder="learned"``)
+    LEARNED = "learned"  # the learned coarse stage (``scene_encoder="learned"``)
 
 
 @dataclass(frozen=True)
@@ -181,6 +181,9 @@ class LocalizerConfig:
             ``"learned"`` (:mod:`gsvisloc_ros.learned`: the point network over the Gaussians and its
             matcher give the coarse hypotheses; refinement and acceptance are the same).
         learned_weights: the learned matcher's weights file (``None``: the packaged one).
+        learned_stage: the learned coarse stage, ``"points"`` (the query's keypoints against the
+            Gaussians' point descriptors) or ``"regions"`` (the paper's patches x regions dual
+            softmax); see :mod:`gsvisloc_ros.learned.coarse`.
     """
 
     encoder: str = "xfeat"
@@ -203,6 +206,7 @@ class LocalizerConfig:
     cache_dir: str | None = None
     scene_encoder: str = "lifted"
     learned_weights: str | None = None
+    learned_stage: str = "points"
 
     def __post_init__(self) -> None:
         if self.scene_encoder not in SCENE_ENCODERS:
@@ -287,10 +291,10 @@ class Localizer:
         cache_dir = Path(self.config.cache_dir) if self.config.cache_dir else None
         self.learned = None  # the learned coarse stage, with scene_encoder "learned"
         if self.config.scene_encoder == "learned":
-            from gsvisloc_ros.learned.coarse import LearnedCoarse
+            from gsvisloc_ros.learned.coarse import LearnedCoarse, LearnedCoarseConfig
 
             self.learned = LearnedCoarse(gmap, self.encoder, self.config.scene, self.config.learned_weights,
-                                         cache_dir, self.backend)
+                                         cache_dir, self.backend, LearnedCoarseConfig(stage=self.config.learned_stage))
             self.scene = self.learned.scene  # geometry, stats, from_cache: what the other stages read
             self._inverted = None
         else:
@@ -400,7 +404,9 @@ class Localizer:
         # Coarse searches, cheapest first: around the prior, then global, then global among more
         # virtual images, then global with the query turned by 45 degrees (with the quarter turns,
         # every roll is then within 22.5 degrees of one). A wrong prior costs time, never the pose.
-        turned = self._turned_features(image, 0.0, query) if self.learned is None else [query]
+        # The query's keypoints at every quarter turn (the learned regions stage makes its own cells).
+        keypoints = self.learned is None or self.learned.config.stage == "points"
+        turned = self._turned_features(image, 0.0, query) if keypoints else []
         timer.lap("features")
         searches = [(Search.PRIOR, 0.0)] if prior is not None else []
         searches += [(Search.GLOBAL, 0.0)]
@@ -414,7 +420,7 @@ class Localizer:
                 turned = self._turned_features(image, degrees)
                 timer.lap("features")
             if self.learned is not None:
-                hypotheses = self.learned.hypotheses(image, camera, self._query_turns, cfg.coarse_pnp,
+                hypotheses = self.learned.hypotheses(image, turned, self._query_turns, camera, cfg.coarse_pnp,
                                                      cfg.min_coarse_inliers, timer)
                 found_at = CoarseSource.LEARNED
             else:

@@ -68,10 +68,12 @@ def _run_learned(args: argparse.Namespace, gmap, backend: str) -> int:
     scene = load_or_encode_learned(gmap, model, weights, SceneConfig(), args.cache_dir, backend)
     seconds = time.perf_counter() - start
     report = {"map": str(args.map), "scene_encoder": "learned", "gaussians": len(gmap), "cache": str(path),
-              "from_cache": scene.from_cache, "seconds": round(seconds, 2), "regions": len(scene),
-              "layout": scene.geometry.layout, **{f"encoding_{k}": v for k, v in scene.stats.items()}}
+              "from_cache": scene.from_cache, "seconds": round(seconds, 2), "points": len(scene),
+              "regions": len(scene.regions), "layout": scene.geometry.layout,
+              **{f"encoding_{k}": v for k, v in scene.stats.items()}}
     return _print(args, report, f"{'loaded' if scene.from_cache else 'encoded'} {args.map} in {seconds:.1f} s: "
-                                f"{len(scene)} regions (learned, {scene.geometry.layout} layout)\ncache: {path}")
+                                f"{len(scene)} points, {len(scene.regions)} regions (learned, "
+                                f"{scene.geometry.layout} layout)\ncache: {path}")
 
 
 def _print(args: argparse.Namespace, report: dict, text: str) -> int:

@@ -38,7 +38,12 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
     parser.add_argument("--config", default="{}", metavar="JSON",
                         help='LearnedConfig fields of a new run, e.g. \'{"d_model": 64}\' '
                              '(a resumed run keeps its own)')
-    parser.add_argument("--no-rotate", action="store_true", help="do not turn the maps at random (augmentation)")
+    parser.add_argument("--no-rotate", action="store_true",
+                        help="do not turn the maps at random about their z axis (augmentation)")
+    parser.add_argument("--coarse-weight", type=float, default=1.0,
+                        help="weight of the regions' dual-softmax loss (0: the attention is not trained)")
+    parser.add_argument("--descriptor-weight", type=float, default=1.0,
+                        help="weight of the point descriptors' loss (taught by the lifted encoder)")
     parser.add_argument("--export", help="write the final weights here (+ provenance JSON beside them)")
 
 

@@ -4,18 +4,23 @@ What the localizer asks of it (:meth:`LearnedCoarse.hypotheses`) is what its lif
 gives: :class:`~gsvisloc_ros.pose.PoseEstimate` hypotheses, most inliers first, each from PnP +
 RANSAC on 2D-3D correspondences; refinement and acceptance are the localizer's own, unchanged.
 
-The query is reduced to the matcher's working size (``image_side``), encoded by the frozen XFeat
-backbone at each quarter turn the localizer asks for (the matcher is trained on rolls up to 45
-degrees, the quarter turns cover the rest), matched against the map's regions (dual-softmax,
-mutual, above ``threshold``), and every match becomes (sub-patch position mapped back to the
-query's pixels, region centre).
+Two stages (``LearnedCoarseConfig.stage``):
+
+* ``"points"`` (default): the query's XFeat keypoints at every quarter turn (the localizer's own
+  features) are matched, mutual nearest neighbours, against the point descriptors of the
+  sampled Gaussians, and one PnP + RANSAC runs on them all (as the lifted scene's global
+  fallback does against its landmarks).
+* ``"regions"``: the paper's coarse matching. The query is reduced to the matcher's working size
+  (``image_side``), its cells made at each quarter turn, matched against the map's regions
+  (attention, dual softmax, mutual, above ``threshold``), and every match becomes (sub-patch
+  position mapped back to the query's pixels, region centre); one PnP per turn.
 """
 
 from __future__ import annotations
 
 import dataclasses
 import logging
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from pathlib import Path
 
 import cv2
@@ -24,15 +29,18 @@ import torch
 
 from gsvisloc_ros.camera import PinholeCamera
 from gsvisloc_ros.gaussians import GaussianMap
+from gsvisloc_ros.matching import MatchingConfig, match_descriptors
 from gsvisloc_ros.pose import PnPConfig, PoseEstimate, estimate_pose
 from gsvisloc_ros.scene import SceneConfig, rotate_keypoints_back
 
-from .image_head import STRIDE, cell_centres, xfeat_cells
+from .image_head import STRIDE, cell_centres, image_cells
 from .matching import CoarseMatches, mutual_matches
 from .model import load_weights, packaged_weights
 from .scene import LearnedScene, load_or_encode_learned
 
 log = logging.getLogger(__name__)
+
+STAGES = ("points", "regions")
 
 
 @dataclass(frozen=True)
@@ -40,13 +48,22 @@ class LearnedCoarseConfig:
     """Settings of the learned coarse stage at use (the network's own are in its weights).
 
     Attributes:
-        threshold: dual-softmax confidence a mutual match needs (the paper: 0.3).
-        reproj_cells: RANSAC inlier threshold of the coarse PnP, in patches of the matcher's image
-            (a region centre is not on the surface, a patch is 8 pixels wide).
+        stage: ``"points"`` or ``"regions"`` (see the module docstring).
+        matching: matcher settings of the points stage (predicted descriptors resemble a
+            keypoint's less than the lifted landmarks do, hence a lower similarity floor).
+        threshold: dual-softmax confidence a mutual match of the regions stage needs (the paper: 0.3).
+        reproj_cells: RANSAC inlier threshold of the regions stage's PnP, in patches of the
+            matcher's image (a region centre is not on the surface, a patch is 8 pixels wide).
     """
 
+    stage: str = "points"
+    matching: MatchingConfig = field(default_factory=lambda: MatchingConfig(min_similarity=0.5))
     threshold: float = 0.2
     reproj_cells: float = 1.0
+
+    def __post_init__(self) -> None:
+        if self.stage not in STAGES:
+            raise ValueError(f"stage must be one of {STAGES}, got {self.stage!r}")
 
 
 class LearnedCoarse:
@@ -62,7 +79,7 @@ class LearnedCoarse:
         self.xfeat = xfeat
         self.scene: LearnedScene = load_or_encode_learned(gmap, self.model, self.weights, scene_config, cache_dir,
                                                           backend)
-        self._regions = torch.from_numpy(self.scene.descriptors).to(self.device)
+        self._regions = torch.from_numpy(self.scene.region_descriptors).to(self.device)
         self._xyz = torch.from_numpy(self.scene.normalised_points()).to(self.device)
 
     def matches(self, image: np.ndarray, camera: PinholeCamera,
@@ -74,7 +91,7 @@ class LearnedCoarse:
         small = camera.scaled(factor)
         reduced = cv2.resize(image, small.size, interpolation=cv2.INTER_AREA) if factor != 1 else image
         turned = np.ascontiguousarray(np.rot90(reduced, turn))
-        cells = xfeat_cells(self.xfeat, turned)
+        cells = image_cells(self.xfeat, turned)
         h, w = cells.shape[:2]
         with torch.inference_mode():
             scores, confidence = self.model.match(self._regions, self._xyz,
@@ -82,12 +99,35 @@ class LearnedCoarse:
         found = mutual_matches(scores[0], confidence[0], (h, w), self.config.threshold, cell_centres(h, w))
         uv = rotate_keypoints_back(found.uv, turn, small.width, small.height)
         uv = (uv + 0.5) * np.array([camera.width / small.width, camera.height / small.height]) - 0.5
-        return uv, self.scene.points[found.region].astype(np.float64), found
+        return uv, self.scene.regions[found.region].astype(np.float64), found
 
-    def hypotheses(self, image: np.ndarray, camera: PinholeCamera, turns: int, pnp: PnPConfig,
+    def hypotheses(self, image: np.ndarray, turned: list, turns: int, camera: PinholeCamera, pnp: PnPConfig,
                    min_inliers: int, timer=None) -> list[PoseEstimate]:
-        """Coarse PnP hypotheses of ``image`` (one per quarter turn in ``range(turns)``), those with
-        at least ``min_inliers`` inliers, most inliers first."""
+        """Coarse PnP hypotheses of ``image`` at ``turns`` quarter turns, those with at least
+        ``min_inliers`` inliers, most inliers first. ``turned``: the points stage's input, the
+        image's features at each of those turns (keypoints in ``image``)."""
+        if self.config.stage == "points":
+            hypotheses = [self._from_points(turned, camera, pnp, timer)]
+        else:
+            hypotheses = self._from_regions(image, camera, turns, pnp, timer)
+        hypotheses = [h for h in hypotheses if h.success and h.num_inliers >= min_inliers]
+        return sorted(hypotheses, key=lambda h: -h.num_inliers)
+
+    def _from_points(self, turned: list, camera: PinholeCamera, pnp: PnPConfig, timer=None) -> PoseEstimate:
+        descriptors = np.concatenate([f.descriptors for f in turned])
+        keypoints = np.concatenate([f.keypoints for f in turned])
+        matches = match_descriptors(descriptors, self.scene.descriptors, self.config.matching)
+        if timer is not None:
+            timer.lap("matching")
+        estimate = estimate_pose(self.scene.points[matches.landmark_idx].astype(np.float64),
+                                 keypoints[matches.query_idx], camera, pnp)
+        if timer is not None:
+            timer.lap("pnp")
+        log.debug("learned points: %d matches, %d inliers", len(matches.query_idx), estimate.num_inliers)
+        return estimate
+
+    def _from_regions(self, image: np.ndarray, camera: PinholeCamera, turns: int, pnp: PnPConfig,
+                      timer=None) -> list[PoseEstimate]:
         factor = max(camera.size) / self.model.config.image_side
         pnp = dataclasses.replace(pnp, max_reproj_error=max(pnp.max_reproj_error,
                                                             self.config.reproj_cells * STRIDE * factor))
@@ -97,7 +137,6 @@ class LearnedCoarse:
         hypotheses = [estimate_pose(points, uv, camera, pnp) for uv, points in matched]
         if timer is not None:
             timer.lap("pnp")
-        log.debug("learned coarse: %s matches, %s inliers", [len(u) for u, _ in matched],
+        log.debug("learned regions: %s matches, %s inliers", [len(u) for u, _ in matched],
                   [h.num_inliers for h in hypotheses])
-        hypotheses = [h for h in hypotheses if h.success and h.num_inliers >= min_inliers]
-        return sorted(hypotheses, key=lambda h: -h.num_inliers)
+        return hypotheses

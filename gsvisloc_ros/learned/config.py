@@ -16,9 +16,12 @@ class LearnedConfig:
     """Architecture and hierarchy of the learned matcher.
 
     Attributes:
-        min_opacity: Gaussians below this opacity are not encoded (the paper drops < 0.9; the
-            shared captures hold few that opaque, so the lifted encoder's 0.5 is kept).
-        max_gaussians: at most this many opaque Gaussians, drawn uniformly (seeded), are encoded.
+        min_opacity: the opacity above which Gaussians define the map's centre and radius (as for
+            the lifted encoder, whose geometry analysis it shares).
+        sample_opacity: Gaussians below this opacity are not encoded. The paper drops < 0.9; the
+            shared captures hold few that opaque (plant: 12k of 114k at >= 0.5, 35k at >= 0.3), and
+            the semi-transparent ones carry much of a surface's colour.
+        max_gaussians: at most this many of those Gaussians, drawn uniformly (seeded), are encoded.
         voxels: grid sizes of the hierarchy's levels, as fractions of the map's radius (median
             distance of the opaque Gaussians to their centre): level 0 groups the sampled Gaussians,
             the last level's cells are the coarse regions matched against image patches. At the
@@ -39,7 +42,8 @@ class LearnedConfig:
     """
 
     min_opacity: float = 0.5
-    max_gaussians: int = 12000
+    sample_opacity: float = 0.3
+    max_gaussians: int = 24000
     voxels: tuple[float, float, float] = (0.03, 0.06, 0.12)
     neighbours: int = 16
     kernel_radius: float = 2.5
@@ -64,6 +68,15 @@ class LearnedConfig:
             raise ValueError(f"image_side must be a multiple of 8 and >= 64, got {self.image_side}")
         if self.max_gaussians < 100 or self.neighbours < 4:
             raise ValueError("max_gaussians must be >= 100 and neighbours >= 4")
+
+    def hierarchy_key(self) -> str:
+        """A short hash of the settings that decide the regions (training data depends on them)."""
+        import hashlib
+        import json
+
+        fields_ = ("min_opacity", "sample_opacity", "max_gaussians", "voxels", "image_side", "seed")
+        text = json.dumps({k: self.to_dict()[k] for k in fields_}, sort_keys=True)
+        return hashlib.sha256(text.encode()).hexdigest()[:8]
 
     def to_dict(self) -> dict:
         return {k: list(v) if isinstance(v, tuple) else v for k, v in asdict(self).items()}

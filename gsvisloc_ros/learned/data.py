@@ -10,6 +10,9 @@ its ground truth (:func:`ground_truth`). Everything is deterministic by ``seed``
 Ground truth: a region matches the patch its centre projects into when it is in front of the
 camera, inside the image, the render is opaque there and the rendered depth agrees with the
 region's depth within one region cell (the region is on the visible surface, not behind it).
+
+Each map also carries its point descriptors' targets (:func:`~.distillation.point_targets`), from
+its lifted scene (:func:`gsvisloc_ros.scene.load_or_encode`, default settings, cached).
 """
 
 from __future__ import annotations
@@ -26,13 +29,17 @@ from gsvisloc_ros.evaluation.perturbations import perturb
 from gsvisloc_ros.evaluation.queries import QueryConfig, sample_pose
 from gsvisloc_ros.gaussians import GaussianMap
 from gsvisloc_ros.render import render
-from gsvisloc_ros.scene import SceneConfig, SceneGeometry, analyse_geometry
+from gsvisloc_ros.scene import SceneConfig, SceneGeometry, analyse_geometry, load_or_encode
 
 from .config import LearnedConfig
+from .distillation import point_targets
 from .gaussian_encoder import PointHierarchy, build_hierarchy
-from .image_head import STRIDE, xfeat_cells
+from .image_head import STRIDE, image_cells
 
 log = logging.getLogger(__name__)
+
+#: Bump when what training data holds changes (2: cells carry colour; 3: point targets), so old caches are not read.
+DATA_VERSION = 3
 
 #: Real captures (world up -y, COLMAP convention) known by name, found in the folder named by the
 #: environment variable ``GSVISLOC_SPLATS`` (the package reads no data folder of its own accord).
@@ -74,21 +81,23 @@ class TrainingMap:
 
     name: str
     hierarchy: PointHierarchy
-    cells: np.ndarray  # [V, h, w, 64] float16 frozen XFeat maps
+    cells: np.ndarray  # [V, h, w, 79] float16 image cells (frozen XFeat + colour, image_head.image_cells)
     pairs: list[np.ndarray]  # per view [M, 2] int32 (region, patch)
     poses: np.ndarray  # [V, 4, 4] T_world_camera
+    targets: np.ndarray  # [N0, 64] float32 point descriptor targets (distillation.point_targets)
+    taught: np.ndarray  # [N0] bool, the Gaussians with a target
 
     def save(self, path: Path) -> None:
         counts = np.array([len(p) for p in self.pairs])
         np.savez(path, cells=self.cells, pairs=np.concatenate(self.pairs) if len(self.pairs) else np.zeros((0, 2)),
-                 counts=counts, poses=self.poses)
+                 counts=counts, poses=self.poses, targets=self.targets.astype(np.float16), taught=self.taught)
 
     @classmethod
     def load(cls, path: Path, name: str, hierarchy: PointHierarchy) -> TrainingMap:
         with np.load(path, allow_pickle=False) as z:
             starts = np.concatenate([[0], np.cumsum(z["counts"])])
             pairs = [z["pairs"][a:b].astype(np.int32) for a, b in zip(starts[:-1], starts[1:], strict=True)]
-            return cls(name, hierarchy, z["cells"], pairs, z["poses"])
+            return cls(name, hierarchy, z["cells"], pairs, z["poses"], z["targets"].astype(np.float32), z["taught"])
 
 
 def ground_truth(regions: np.ndarray, T_world_camera: np.ndarray, camera: PinholeCamera, depth: np.ndarray,
@@ -127,10 +136,16 @@ def sample_views(gmap: GaussianMap, geometry: SceneGeometry, up, count: int, see
 
 
 def make_training_map(name: str, gmap: GaussianMap, up, encoder, config: LearnedConfig, count: int, seed: int = 0,
-                      perturbed: float = 0.5, progress: bool = True) -> TrainingMap:
-    """The hierarchy and ``count`` training views of one map (see the module docstring)."""
+                      perturbed: float = 0.5, progress: bool = True, lifted_cache: Path | None = None,
+                      teacher: SceneConfig | None = None) -> TrainingMap:
+    """The hierarchy, ``count`` training views and point targets of one map (see the module
+    docstring); ``teacher``: the settings of the lifted scene that teaches the point descriptors
+    (default: the localizer's defaults)."""
     geometry = analyse_geometry(gmap, SceneConfig(min_opacity=config.min_opacity))
     hierarchy = build_hierarchy(gmap, config, geometry.centre, geometry.radius)
+    lifted = load_or_encode(gmap, encoder, teacher or SceneConfig(), cache_dir=lifted_cache, progress=progress)
+    targets, taught = point_targets(hierarchy.levels[0], lifted.points, lifted.descriptors,
+                                    config.voxels[0] * geometry.radius)
     camera = training_camera(config)
     tolerance = config.voxels[2] * geometry.radius
     cells, pairs, poses = [], [], []
@@ -139,24 +154,28 @@ def make_training_map(name: str, gmap: GaussianMap, up, encoder, config: Learned
         image = result.rgb_u8
         if rng.random() < perturbed:
             image, _ = perturb(image, rng)
-        cells.append(xfeat_cells(encoder, image).astype(np.float16))
+        cells.append(image_cells(encoder, image).astype(np.float16))
         pairs.append(ground_truth(hierarchy.regions, T, camera, result.depth, result.alpha, tolerance))
         poses.append(T)
-    log.info("%s: %d regions, %d views, %.0f ground-truth matches per view", name, len(hierarchy.regions), count,
-             np.mean([len(p) for p in pairs]))
-    return TrainingMap(name, hierarchy, np.stack(cells), pairs, np.asarray(poses))
+    log.info("%s: %d regions, %d views, %.0f ground-truth matches per view, %d of %d Gaussians taught", name,
+             len(hierarchy.regions), count, np.mean([len(p) for p in pairs]), taught.sum(), len(taught))
+    return TrainingMap(name, hierarchy, np.stack(cells), pairs, np.asarray(poses), targets, taught)
 
 
 def load_or_make_training_map(name: str, directory: Path, encoder, config: LearnedConfig, count: int, seed: int,
-                              progress: bool = True) -> TrainingMap:
-    """:func:`make_training_map`, cached in ``directory`` (the hierarchy is rebuilt: it is deterministic)."""
+                              progress: bool = True, teacher: SceneConfig | None = None) -> TrainingMap:
+    """:func:`make_training_map`, cached in ``directory`` (the lifted scenes in ``directory/lifted``;
+    the hierarchy is rebuilt: it is deterministic)."""
     gmap, up = load_named_map(name)
-    path = Path(directory) / f"{name.replace(':', '_').replace('/', '_')}-{count}-{seed}.npz"
+    teacher = teacher or SceneConfig()
+    key = f"v{DATA_VERSION}-{config.hierarchy_key()}-{teacher.key('xfeat', 'cpu', 'cpu')[:8]}"
+    path = Path(directory) / f"{name.replace(':', '_').replace('/', '_')}-{count}-{seed}-{key}.npz"
     if path.is_file():
         geometry = analyse_geometry(gmap, SceneConfig(min_opacity=config.min_opacity))
         hierarchy = build_hierarchy(gmap, config, geometry.centre, geometry.radius)
         return TrainingMap.load(path, name, hierarchy)
-    data = make_training_map(name, gmap, up, encoder, config, count, seed, progress=progress)
+    data = make_training_map(name, gmap, up, encoder, config, count, seed, progress=progress,
+                             lifted_cache=Path(directory) / "lifted", teacher=teacher)
     path.parent.mkdir(parents=True, exist_ok=True)
     data.save(path)
     return data

@@ -1,7 +1,7 @@
 """The 3D encoder: a KPConv-style point network over the Gaussians themselves.
 
-Input: up to ``max_gaussians`` opaque Gaussians, each a point (its mean) carrying 11 features:
-opacity, DC colour (RGB), rotation (unit quaternion, w >= 0) and log-scale relative to the
+Input: up to ``max_gaussians`` Gaussians (opacity >= ``sample_opacity``), each a point (its mean)
+carrying 11 features: opacity, DC colour (RGB), rotation (unit quaternion, w >= 0) and log-scale relative to the
 finest cell. Positions enter only as offsets between neighbours (translation invariant), in units
 of the map's radius, so maps of any unit size look alike.
 
@@ -9,7 +9,10 @@ The hierarchy (:func:`build_hierarchy`, numpy + scipy, computed once per map and
 three grid-subsampled levels (cell means of the points in each occupied voxel); every point
 convolution gathers its ``neighbours`` nearest input points within ``kernel_radius`` cells.
 The network (:class:`GaussianEncoder`): a per-Gaussian MLP, then a point convolution per level
-(0 -> 0, 0 -> 1, 1 -> 1, 1 -> 2, 2 -> 2); the last level's points are the coarse *regions*,
+(0 -> 0, 0 -> 1, 1 -> 1, 1 -> 2, 2 -> 2); the last level's points are the coarse *regions*. A
+decoder gives every sampled Gaussian a unit-norm descriptor in XFeat's space from its own
+features and those of its nearest level-1 point and region (the *point descriptors*, matched
+against a query's XFeat keypoints like the lifted encoder's landmarks);
 with ``d_model``-channel descriptors.
 
 Point convolution (after KPConv, Thomas et al. 2019, rigid kernels): fixed kernel points x_k in the
@@ -33,6 +36,8 @@ from .config import LearnedConfig
 
 #: Per-Gaussian input features: opacity (1), colour (3), quaternion (4), log-scale (3).
 INPUT_FEATURES = 11
+#: Size of the point descriptors: XFeat's, so that they match a query's XFeat keypoints.
+POINT_DIM = 64
 
 
 def kernel_points() -> np.ndarray:
@@ -63,6 +68,7 @@ class PointHierarchy:
     convs: dict[str, Neighbourhood]  # "00", "01", "11", "12", "22"
     centre: np.ndarray  # [3]
     radius: float
+    parents: list[np.ndarray]  # [N0] int64 nearest level-1 and nearest level-2 point of each Gaussian
 
     @property
     def regions(self) -> np.ndarray:
@@ -99,10 +105,10 @@ def neighbourhood(source: np.ndarray, target: np.ndarray, k: int, radius: float)
 
 
 def sample_gaussians(gmap: GaussianMap, config: LearnedConfig) -> GaussianMap:
-    """The opaque Gaussians, at most ``max_gaussians`` of them (uniform, seeded)."""
-    opaque = gmap.filter_opacity(config.min_opacity)
+    """The Gaussians at or above ``sample_opacity``, at most ``max_gaussians`` of them (uniform, seeded)."""
+    opaque = gmap.filter_opacity(config.sample_opacity)
     if len(opaque) < 10:
-        raise ValueError(f"the map has {len(opaque)} Gaussians with opacity >= {config.min_opacity}: "
+        raise ValueError(f"the map has {len(opaque)} Gaussians with opacity >= {config.sample_opacity}: "
                          "nothing to encode")
     return opaque.subsample(config.max_gaussians, seed=config.seed)
 
@@ -124,8 +130,9 @@ def build_hierarchy(gmap: GaussianMap, config: LearnedConfig, centre: np.ndarray
         "12": neighbourhood(levels[1], levels[2], k, r * cells[1]),
         "22": neighbourhood(levels[2], levels[2], k, r * cells[2]),
     }
+    parents = [cKDTree(level).query(level0)[1].astype(np.int64) for level in levels[1:]]
     return PointHierarchy(gaussian_features(sampled, cells[0]), levels, convs, np.asarray(centre, np.float64),
-                          float(radius))
+                          float(radius), parents)
 
 
 class PointConv(nn.Module):
@@ -152,7 +159,8 @@ class PointConv(nn.Module):
 
 
 class GaussianEncoder(nn.Module):
-    """Gaussians (a :class:`PointHierarchy`) -> region descriptors [R, d_model]."""
+    """Gaussians (a :class:`PointHierarchy`) -> region descriptors [R, d_model] and point
+    descriptors [N0, 64] (unit norm)."""
 
     def __init__(self, config: LearnedConfig) -> None:
         super().__init__()
@@ -164,16 +172,16 @@ class GaussianEncoder(nn.Module):
         self.conv12 = PointConv(w1, w2)
         self.conv22 = PointConv(w2, w2)
         self.out = nn.Linear(w2, config.d_model)
+        self.decoder = nn.Sequential(nn.Linear(w0 + w1 + w2, 2 * POINT_DIM), nn.LeakyReLU(0.1),
+                                     nn.Linear(2 * POINT_DIM, POINT_DIM))
 
-    def forward(self, tensors: dict) -> torch.Tensor:
-        """``tensors``: :func:`hierarchy_tensors` of a hierarchy."""
-        x = self.embed(tensors["features"])
-        x = self.conv00(x, tensors["00"], True)
-        x = self.conv01(x, tensors["01"], False)
-        x = self.conv11(x, tensors["11"], True)
-        x = self.conv12(x, tensors["12"], False)
-        x = self.conv22(x, tensors["22"], True)
-        return self.out(x)
+    def forward(self, tensors: dict) -> tuple[torch.Tensor, torch.Tensor]:
+        """(region descriptors, point descriptors) of ``tensors`` (:func:`hierarchy_tensors`)."""
+        x0 = self.conv00(self.embed(tensors["features"]), tensors["00"], True)
+        x1 = self.conv11(self.conv01(x0, tensors["01"], False), tensors["11"], True)
+        x2 = self.conv22(self.conv12(x1, tensors["12"], False), tensors["22"], True)
+        points = self.decoder(torch.cat([x0, x1[tensors["parent1"]], x2[tensors["parent2"]]], dim=1))
+        return self.out(x2), nn.functional.normalize(points, dim=1)
 
 
 def hierarchy_tensors(hierarchy: PointHierarchy, device: str | torch.device = "cpu") -> dict:
@@ -183,6 +191,8 @@ def hierarchy_tensors(hierarchy: PointHierarchy, device: str | torch.device = "c
         tensors[name] = {"index": torch.from_numpy(nb.index).to(device),
                          "offset": torch.from_numpy(nb.offset).to(device),
                          "valid": torch.from_numpy(nb.valid).to(device)}
+    tensors["parent1"] = torch.from_numpy(hierarchy.parents[0]).to(device)
+    tensors["parent2"] = torch.from_numpy(hierarchy.parents[1]).to(device)
     regions = (hierarchy.regions - hierarchy.centre) / hierarchy.radius
     tensors["regions"] = torch.from_numpy(regions.astype(np.float32)).to(device)
     return tensors

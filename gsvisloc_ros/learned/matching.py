@@ -42,21 +42,6 @@ def coarse_loss(scores: torch.Tensor, truth: list[np.ndarray]) -> torch.Tensor:
     return torch.cat(terms).mean()
 
 
-def distillation_loss(predicted: torch.Tensor, cells: torch.Tensor, truth: list[np.ndarray]) -> torch.Tensor:
-    """Mean cosine distance between the XFeat descriptors predicted for regions ([R, 64]) and those
-    of the patches they are seen in (``cells`` [B, h, w, 64]; ``truth`` as in :func:`coarse_loss`)."""
-    predicted = torch.nn.functional.normalize(predicted, dim=-1)
-    terms = []
-    for b, pairs in enumerate(truth):
-        if len(pairs):
-            index = torch.from_numpy(np.asarray(pairs, np.int64)).to(predicted.device)
-            target = cells[b].reshape(-1, cells.shape[-1])[index[:, 1]]
-            terms.append(1.0 - (predicted[index[:, 0]] * target).sum(dim=-1))
-    if not terms:
-        return predicted.sum() * 0.0
-    return torch.cat(terms).mean()
-
-
 @dataclass
 class CoarseMatches:
     region: np.ndarray  # [M] int

@@ -18,10 +18,10 @@ from torch import nn
 from .attention import RegionPatchTransformer
 from .config import LearnedConfig
 from .gaussian_encoder import GaussianEncoder
-from .image_head import XFEAT_DIM, ImageHead, patch_positions
+from .image_head import ImageHead, patch_positions
 from .matching import dual_softmax
 
-FORMAT = "gsvisloc-learned-matcher/1"
+FORMAT = "gsvisloc-learned-matcher/2"
 #: The weights shipped in the package (``gsvisloc_ros/learned/weights/``).
 PACKAGED_WEIGHTS = "matcher.pt"
 
@@ -35,17 +35,15 @@ class LearnedMatcher(nn.Module):
         self.gaussians = GaussianEncoder(self.config)
         self.image = ImageHead(self.config)
         self.attention = RegionPatchTransformer(self.config)
-        # Training only: the regions' XFeat descriptors predicted from the 3D encoder's output (the
-        # distillation target that gives the point network a dense signal from the first step).
-        self.distill = nn.Linear(self.config.d_model, XFEAT_DIM)
 
-    def encode_scene(self, tensors: dict) -> torch.Tensor:
-        """Region descriptors [R, d] of a map (``tensors``: :func:`~.gaussian_encoder.hierarchy_tensors`)."""
+    def encode_scene(self, tensors: dict) -> tuple[torch.Tensor, torch.Tensor]:
+        """(region descriptors [R, d], point descriptors [N0, 64]) of a map (``tensors``:
+        :func:`~.gaussian_encoder.hierarchy_tensors`)."""
         return self.gaussians(tensors)
 
     def match(self, regions: torch.Tensor, region_xyz: torch.Tensor, cells: torch.Tensor) -> tuple[torch.Tensor, ...]:
         """(scores, confidence) [B, R, P] of region descriptors [R, d] at normalised positions [R, 3]
-        against the XFeat cells [B, h, w, 64] of B images."""
+        against the cells [B, h, w, 79] of B images (:func:`~.image_head.image_cells`)."""
         b, h, w, _ = cells.shape
         patches = self.image(cells)
         r, p = self.attention(regions.expand(b, -1, -1), region_xyz, patches, patch_positions(h, w, cells.device))

@@ -1,7 +1,9 @@
 """The learned scene encoding of a map: coarse regions with descriptors, from the Gaussians alone.
 
 No rendering (but for the layout probe of :func:`~gsvisloc_ros.scene.analyse_geometry`, six 32x32
-renders): sample the opaque Gaussians, build the point hierarchy, run the 3D encoder once. The
+renders): sample the Gaussians, build the point hierarchy, run the 3D encoder once. It gives the
+sampled Gaussians' point descriptors (matched against a query's XFeat keypoints) and the coarse
+regions' descriptors (matched against its patches by the attention and dual softmax). The
 result is cached like the lifted scene, keyed by the map's content hash, the weights' SHA-256 and
 the settings.
 
@@ -32,15 +34,18 @@ from .model import LearnedMatcher, weights_hash
 log = logging.getLogger(__name__)
 
 #: Bump when the learned encoding changes in a way that invalidates caches.
-LEARNED_ENCODING_VERSION = 1
+LEARNED_ENCODING_VERSION = 2
 
 
 @dataclass
 class LearnedScene:
-    """Regions of one map and their (pre-attention) descriptors."""
+    """The sampled Gaussians of one map with their point descriptors, and its regions with their
+    (pre-attention) descriptors."""
 
-    points: np.ndarray  # [R, 3] float32 region positions, map frame
-    descriptors: np.ndarray  # [R, d] float32 3D-encoder output
+    points: np.ndarray  # [N, 3] float32 sampled Gaussians' positions, map frame
+    descriptors: np.ndarray  # [N, 64] float32 unit-norm point descriptors
+    regions: np.ndarray  # [R, 3] float32 region positions, map frame
+    region_descriptors: np.ndarray  # [R, d] float32 3D-encoder output
     geometry: SceneGeometry
     map_hash: str
     encoder: str
@@ -53,7 +58,7 @@ class LearnedScene:
 
     def normalised_points(self) -> np.ndarray:
         """Region positions relative to the map's centre, in map radii (what the network sees)."""
-        return ((self.points - self.geometry.centre) / self.geometry.radius).astype(np.float32)
+        return ((self.regions - self.geometry.centre) / self.geometry.radius).astype(np.float32)
 
     def save(self, path: str | os.PathLike) -> None:
         meta = {"geometry": self.geometry.to_dict(), "map_hash": self.map_hash, "encoder": self.encoder,
@@ -61,7 +66,8 @@ class LearnedScene:
         path = Path(path)
         path.parent.mkdir(parents=True, exist_ok=True)
         tmp = path.with_name(path.name + ".tmp.npz")
-        np.savez(tmp, meta=np.array(json.dumps(meta)), points=self.points, descriptors=self.descriptors)
+        np.savez(tmp, meta=np.array(json.dumps(meta)), points=self.points, descriptors=self.descriptors,
+                 regions=self.regions, region_descriptors=self.region_descriptors)
         os.replace(tmp, path)
 
     @classmethod
@@ -71,8 +77,8 @@ class LearnedScene:
             if meta.get("version") != LEARNED_ENCODING_VERSION:
                 raise ValueError(f"{path}: learned encoding version {meta.get('version')}, "
                                  f"need {LEARNED_ENCODING_VERSION}")
-            points, descriptors = z["points"], z["descriptors"]
-        return cls(points, descriptors, SceneGeometry.from_dict(meta["geometry"]), meta["map_hash"], meta["encoder"],
+            arrays = [z[k] for k in ("points", "descriptors", "regions", "region_descriptors")]
+        return cls(*arrays, SceneGeometry.from_dict(meta["geometry"]), meta["map_hash"], meta["encoder"],
                    meta["config_key"], meta.get("stats", {}))
 
 
@@ -100,14 +106,15 @@ def encode_learned(gmap: GaussianMap, model: LearnedMatcher, key: str, scene_con
     hierarchy = build_hierarchy(gmap, model.config, geometry.centre, geometry.radius)
     device = next(model.parameters()).device
     with torch.inference_mode():
-        descriptors = model.encode_scene(hierarchy_tensors(hierarchy, device)).float().cpu().numpy()
+        regions, points = model.encode_scene(hierarchy_tensors(hierarchy, device))
     seconds = time.perf_counter() - start
     stats = {"gaussians_encoded": len(hierarchy.levels[0]), "regions": len(hierarchy.regions),
              "seconds": round(seconds, 2)}
     log.info("learned encoding: %d Gaussians -> %d regions in %.2f s", len(hierarchy.levels[0]),
              len(hierarchy.regions), seconds)
-    return LearnedScene(hierarchy.regions.astype(np.float32), descriptors, geometry, gmap.content_hash, "learned",
-                        key, stats)
+    return LearnedScene(hierarchy.levels[0].astype(np.float32), points.float().cpu().numpy(),
+                        hierarchy.regions.astype(np.float32), regions.float().cpu().numpy(), geometry,
+                        gmap.content_hash, "learned", key, stats)
 
 
 def learned_cache_path(gmap: GaussianMap, key: str, cache_dir: Path | None = None) -> Path:
