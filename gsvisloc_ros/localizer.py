@@ -181,9 +181,9 @@ class LocalizerConfig:
             ``"learned"`` (:mod:`gsvisloc_ros.learned`: the point network over the Gaussians and its
             matcher give the coarse hypotheses; refinement and acceptance are the same).
         learned_weights: the learned matcher's weights file (``None``: the packaged one).
-        learned_stage: the learned coarse stage, ``"points"`` (the query's keypoints against the
-            Gaussians' point descriptors) or ``"regions"`` (the paper's patches x regions dual
-            softmax); see :mod:`gsvisloc_ros.learned.coarse`.
+        learned_stage: the learned coarse stage, ``"regions"`` (the paper's patches x regions dual
+            softmax) or ``"points"`` (the query's keypoints against the Gaussians' point
+            descriptors); see :mod:`gsvisloc_ros.learned.coarse`.
     """
 
     encoder: str = "xfeat"
@@ -206,7 +206,7 @@ class LocalizerConfig:
     cache_dir: str | None = None
     scene_encoder: str = "lifted"
     learned_weights: str | None = None
-    learned_stage: str = "points"
+    learned_stage: str = "regions"
 
     def __post_init__(self) -> None:
         if self.scene_encoder not in SCENE_ENCODERS:

@@ -197,15 +197,15 @@ def test_localizer_runs_end_to_end_with_the_learned_scene_encoder(trained, tiny_
     localizer = Localizer(gmap, config, progress=False)
     assert not localizer.scene.from_cache and len(localizer.scene) > 10
     assert Localizer(gmap, config, progress=False).scene.from_cache  # cached by map, weights and settings
-    regions = Localizer(gmap, dataclasses.replace(config, learned_stage="regions"), progress=False)
+    points = Localizer(gmap, dataclasses.replace(config, learned_stage="points"), progress=False)
     camera = default_camera()
     T = look_at(geometry.centre + np.array([0.9, -0.7, 0.8]) * geometry.typical_distance / 1.4, geometry.centre,
                 up=(0, 0, 1))
     image = render(gmap, camera, invert_pose(T)).rgb_u8
-    for result in (localizer.localize(image, camera), regions.localize(image, camera)):
+    for result in (localizer.localize(image, camera), points.localize(image, camera)):
         _check_result(result, T, geometry)
     noise = np.random.default_rng(0).integers(0, 256, (480, 640, 3), dtype=np.uint8)
-    for negative in (localizer.localize(noise, camera), regions.localize(noise, camera)):
+    for negative in (localizer.localize(noise, camera), points.localize(noise, camera)):
         assert not negative.success and negative.T_world_camera is None
 
 
