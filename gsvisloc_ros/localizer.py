@@ -211,6 +211,9 @@ class LocalizerConfig:
     def __post_init__(self) -> None:
         if self.scene_encoder not in SCENE_ENCODERS:
             raise ValueError(f"scene_encoder must be one of {SCENE_ENCODERS}, got {self.scene_encoder!r}")
+        if self.scene_encoder == "learned" and self.encoder != "xfeat":
+            raise ValueError(f"the learned scene encoder reads XFeat's features: encoder must be 'xfeat', "
+                             f"got {self.encoder!r}")
         if self.query_keypoints < 16:
             raise ValueError(f"query_keypoints must be >= 16, got {self.query_keypoints}")
         if self.working_size is not None and self.working_size < 64:

@@ -197,6 +197,10 @@ class EncodedScene:
     def __len__(self) -> int:
         return len(self.points)
 
+    def summary(self) -> str:
+        """What the encoding holds, in a few words (for reports)."""
+        return f"{len(self.view_poses)} virtual views, {len(self.points)} landmarks"
+
     def image_observations(self, image: int) -> slice:
         return slice(int(self.image_start[image]), int(self.image_start[image + 1]))
 

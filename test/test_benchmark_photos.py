@@ -76,6 +76,15 @@ def test_upright_takes_the_up_of_the_fit_report(capture, capsys):
     assert results["summary"]["recall"]["5pct_5deg"] >= 5 / 6 and results["summary"]["wrong_accepted"] == 0
 
 
+def test_the_learned_scene_encoder_is_benchmarked_too_and_gives_no_wrong_pose(capture, capsys):
+    # The packaged weights never saw this capture: they may localize little, but never wrongly.
+    results = _run(capture, capsys, "--localizer-config", json.dumps({**SMALL, "scene_encoder": "learned",
+                                                                             "encoder": "xfeat"}))
+    assert results["scene_encoder"] == "learned" and results["encoding"].startswith("learned: ")
+    summary = results["summary"]
+    assert summary["positives"] == 6 and summary["accepted_negatives"] == 0 and summary["wrong_accepted"] == 0
+
+
 def test_bad_arguments_are_clear_errors(capture, capsys):
     assert main(["benchmark", "photos", str(capture / "table.ply"), str(capture / "nowhere")]) != 0
     assert main(["benchmark", "photos", str(capture / "table.ply"), str(capture / "photos"),

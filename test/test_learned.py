@@ -241,6 +241,8 @@ def test_encode_command_reports_the_learned_encoding(trained, tiny_map, tmp_path
 def test_the_scene_encoder_setting_is_checked():
     with pytest.raises(ValueError, match="scene_encoder"):
         LocalizerConfig(scene_encoder="magic")
+    with pytest.raises(ValueError, match="encoder must be 'xfeat'"):
+        LocalizerConfig(scene_encoder="learned", encoder="sift")
     with pytest.raises(ValueError, match="stage"):
         LearnedCoarseConfig(stage="magic")
     assert LocalizerConfig().scene_encoder == "lifted"

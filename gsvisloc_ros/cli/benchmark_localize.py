@@ -190,8 +190,7 @@ def run_localize(args: argparse.Namespace, localizer_config=None, scene_config=N
         scene = localizer.scene
         results["encodings"][encoder] = {"seconds": round(time.perf_counter() - start, 2),
                                          "from_cache": scene.from_cache, "device": str(localizer.encoder.device),
-                                         "landmarks": len(scene), "virtual_views": len(scene.view_poses),
-                                         "virtual_images": len(scene.image_view), "layout": scene.geometry.layout,
+                                         "encoding": scene.summary(), "layout": scene.geometry.layout,
                                          "typical_distance": scene.geometry.typical_distance}
         if queries is None:  # made once, away from the encoding's viewpoints (the same for every encoder)
             start = time.perf_counter()
@@ -280,7 +279,7 @@ def format_localize(results: dict) -> str:
                      f" ({results['render_backend_reason']})")
     for name, e in results["encodings"].items():
         lines.append(f"  encoding {name}: {'loaded' if e['from_cache'] else 'encoded'} in {e['seconds']:.1f} s,"
-                     f" {e['landmarks']} landmarks, {e['virtual_views']} virtual views ({e['layout']})")
+                     f" {e['encoding']} ({e['layout']})")
     recall_keys = ("1pct_1deg", "2pct_2deg", "5pct_5deg")
     header = (f"  {'configuration':<15}{'loc.':>7}{'med t':>10}{'med t%':>8}{'med rot':>8}"
               f"{'R@1%,1deg':>11}{'R@2%,2deg':>11}{'R@5%,5deg':>11}{'wrong':>7}{'neg.acc':>9}"

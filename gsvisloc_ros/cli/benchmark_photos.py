@@ -199,7 +199,7 @@ def run_photos(args: argparse.Namespace, progress: bool = True) -> dict:
         "scale_description": scale.describe(), "encoding_seconds": round(encode_seconds, 2),
         "from_cache": localizer.scene.from_cache, "working_size": config.working_size,
         "upright": None if up is None else list(localizer.config.scene.up), "refined": not args.coarse,
-        "virtual_views": len(localizer.scene.view_poses),
+        "scene_encoder": localizer.config.scene_encoder, "encoding": localizer.scene.summary(),
         "sizes": sorted({f"{r['size'][0]}x{r['size'][1]}" for r in rows}),
         "negatives_from": list(args.negatives),
         "summary": _summarise_rows(rows, scales), "subsets": subsets,
@@ -245,7 +245,7 @@ def format_photos(results: dict) -> str:
              f"{results['working_size']}; scale: {results['scale_description']}",
              f"  {_mode(results['upright'])}"
              f", {'refined' if results['refined'] else 'coarse pose only (no refinement)'}; "
-             f"encoding of {results['virtual_views']} virtual views {'loaded' if results['from_cache'] else 'made'}"
+             f"encoding ({results['encoding']}) {'loaded' if results['from_cache'] else 'made'}"
              f" in {results['encoding_seconds']:.1f} s"
              + (f"; held-out photos from {results['fit_report']}" if results["fit_report"] else
                 "; no fit report: every photo counts as training")]

@@ -56,6 +56,10 @@ class LearnedScene:
     def __len__(self) -> int:
         return len(self.points)
 
+    def summary(self) -> str:
+        """What the encoding holds, in a few words (for reports)."""
+        return f"learned: {len(self.points)} points, {len(self.regions)} regions"
+
     def normalised_points(self) -> np.ndarray:
         """Region positions relative to the map's centre, in map radii (what the network sees)."""
         return ((self.regions - self.geometry.centre) / self.geometry.radius).astype(np.float32)
