@@ -30,12 +30,11 @@ from gsvisloc_ros.camera import PinholeCamera, pose_errors
 from gsvisloc_ros.features import make_encoder
 from gsvisloc_ros.io import load_map
 from gsvisloc_ros.learned.config import LearnedConfig
-from gsvisloc_ros.learned.gaussian_encoder import build_hierarchy
+from gsvisloc_ros.learned.data import map_hierarchy
 from gsvisloc_ros.matching import MatchingConfig, match_descriptors
 from gsvisloc_ros.pose import PnPConfig, estimate_pose
 from gsvisloc_ros.scene import (
     SceneConfig,
-    analyse_geometry,
     fibonacci_directions,
     load_or_encode,
     rotate_keypoints_back,
@@ -68,8 +67,7 @@ def main(argv: list[str] | None = None) -> int:
 
     gmap = load_map(args.map)
     config = LearnedConfig()
-    geometry = analyse_geometry(gmap, SceneConfig(min_opacity=config.min_opacity))
-    hierarchy = build_hierarchy(gmap, config, geometry.centre, geometry.radius)
+    geometry, hierarchy = map_hierarchy(gmap, config)
     xfeat = make_encoder("xfeat", "cpu", top_k=2048)
     scene = load_or_encode(gmap, xfeat, SceneConfig(), progress=False)
     spec = json.loads(Path(args.queries).read_text())

@@ -272,6 +272,20 @@ class LocalizationResult:
         return json.dumps(self.to_dict())
 
 
+def pose_from_all_points(turned: list[Features], points: np.ndarray, descriptors: np.ndarray, camera,
+                         matching: MatchingConfig, pnp: PnPConfig, timer=None) -> PoseEstimate:
+    """PnP + RANSAC on the mutual matches between a query (its features at every turn, keypoints in
+    the image) and all of a scene's points (positions [N, 3], unit descriptors [N, D])."""
+    matches = match_descriptors(np.concatenate([f.descriptors for f in turned]), descriptors, matching)
+    if timer is not None:
+        timer.lap("matching")
+    keypoints = np.concatenate([f.keypoints for f in turned])
+    estimate = estimate_pose(points[matches.landmark_idx], keypoints[matches.query_idx], camera, pnp)
+    if timer is not None:
+        timer.lap("pnp")
+    return estimate
+
+
 class _Timer:
     def __init__(self) -> None:
         self.ms: dict[str, float] = {}
@@ -411,13 +425,14 @@ class Localizer:
         keypoints = self.learned is None or self.learned.config.stage == "points"
         turned = self._turned_features(image, 0.0, query) if keypoints else []
         timer.lap("features")
-        searches = [(Search.PRIOR, 0.0)] if prior is not None else []
-        searches += [(Search.GLOBAL, 0.0)]
-        searches += [(Search.WIDE, 0.0)] if cfg.retrieval.wide_shortlist > cfg.retrieval.shortlist else []
-        searches += [(Search.GLOBAL, 45.0)] if (cfg.retry_rotated and not self.encoder.rotation_invariant
-                                                and cfg.scene.up is None) else []
         if self.learned is not None:  # the learned coarse stage: one global search
             searches = [(Search.GLOBAL, 0.0)]
+        else:
+            searches = [(Search.PRIOR, 0.0)] if prior is not None else []
+            searches += [(Search.GLOBAL, 0.0)]
+            searches += [(Search.WIDE, 0.0)] if cfg.retrieval.wide_shortlist > cfg.retrieval.shortlist else []
+            searches += [(Search.GLOBAL, 45.0)] if (cfg.retry_rotated and not self.encoder.rotation_invariant
+                                                    and cfg.scene.up is None) else []
         for kind, degrees in searches:
             if degrees:
                 turned = self._turned_features(image, degrees)
@@ -618,14 +633,8 @@ class Localizer:
 
     def _coarse_from_landmarks(self, turned: list[Features], camera, timer: _Timer) -> PoseEstimate:
         """PnP on matches between the query (every turn of it) and every landmark (slower; when retrieval fails)."""
-        descriptors = np.concatenate([f.descriptors for f in turned])
-        keypoints = np.concatenate([f.keypoints for f in turned])
-        matches = match_descriptors(descriptors, self.scene.descriptors, self.config.landmark_matching)
-        timer.lap("matching")
-        estimate = estimate_pose(self.scene.points[matches.landmark_idx], keypoints[matches.query_idx],
-                                 camera, self.config.coarse_pnp)
-        timer.lap("pnp")
-        return estimate
+        return pose_from_all_points(turned, self.scene.points, self.scene.descriptors, camera,
+                                    self.config.landmark_matching, self.config.coarse_pnp, timer)
 
     def _refine(self, levels: dict, T_world_camera: np.ndarray, landed: list | None = None) -> PoseEstimate | None:
         """Render-and-match rounds from ``T_world_camera`` until the pose stops moving.

@@ -7,6 +7,7 @@ import json
 import time
 
 from gsvisloc_ros.cli import COMMANDS
+from gsvisloc_ros.learned import SCENE_ENCODERS
 
 
 def register(subparsers: argparse._SubParsersAction) -> None:
@@ -17,7 +18,7 @@ def register(subparsers: argparse._SubParsersAction) -> None:
     parser.add_argument("--cache-dir", help="where encoded scenes are cached (default: ~/.cache/gsvisloc)")
     parser.add_argument("--force", action="store_true", help="encode again even when a cached encoding exists")
     parser.add_argument("--json", action="store_true", help="print the report as JSON")
-    parser.add_argument("--scene-encoder", default="lifted", choices=("lifted", "learned"),
+    parser.add_argument("--scene-encoder", default="lifted", choices=SCENE_ENCODERS,
                         help="lifted (renders + 2D encoder) or learned (point network over the Gaussians); "
                              "default: lifted")
     parser.add_argument("--learned-weights", help="weights of the learned matcher (default: the packaged ones)")

@@ -13,6 +13,7 @@ import json
 import numpy as np
 
 from gsvisloc_ros.cli import COMMANDS, CommandError, parse_numbers
+from gsvisloc_ros.learned import SCENE_ENCODERS
 
 
 def register(subparsers: argparse._SubParsersAction) -> None:
@@ -30,7 +31,7 @@ def register(subparsers: argparse._SubParsersAction) -> None:
     parser.add_argument("--device", default="auto", help="torch device: auto, cpu or cuda (default: auto)")
     parser.add_argument("--cache-dir", help="where encoded scenes are cached (default: ~/.cache/gsvisloc)")
     parser.add_argument("--json", action="store_true", help="one JSON object per line and image")
-    parser.add_argument("--scene-encoder", default="lifted", choices=("lifted", "learned"),
+    parser.add_argument("--scene-encoder", default="lifted", choices=SCENE_ENCODERS,
                         help="coarse stage: lifted (renders + 2D encoder) or learned (point network over the "
                              "Gaussians); default: lifted")
     parser.add_argument("--learned-weights", help="weights of the learned matcher (default: the packaged ones)")

@@ -29,7 +29,8 @@ import torch
 
 from gsvisloc_ros.camera import PinholeCamera
 from gsvisloc_ros.gaussians import GaussianMap
-from gsvisloc_ros.matching import MatchingConfig, match_descriptors
+from gsvisloc_ros.localizer import pose_from_all_points
+from gsvisloc_ros.matching import MatchingConfig
 from gsvisloc_ros.pose import PnPConfig, PoseEstimate, estimate_pose
 from gsvisloc_ros.scene import SceneConfig, rotate_keypoints_back
 
@@ -88,14 +89,17 @@ class LearnedCoarse:
         self._regions = torch.from_numpy(self.scene.region_descriptors).to(self.device)
         self._xyz = torch.from_numpy(self.scene.normalised_points()).to(self.device)
 
-    def matches(self, image: np.ndarray, camera: PinholeCamera,
-                turn: int = 0) -> tuple[np.ndarray, np.ndarray, CoarseMatches]:
-        """(pixels [M, 2] in ``image``, map points [M, 3], the raw matches) of ``image`` turned by
-        ``turn`` quarter turns."""
-        side = self.model.config.image_side
-        factor = side / max(camera.size)
+    def reduced(self, image: np.ndarray, camera: PinholeCamera) -> tuple[np.ndarray, PinholeCamera]:
+        """``image`` and its camera at the matcher's working size (``image_side``)."""
+        factor = self.model.config.image_side / max(camera.size)
         small = camera.scaled(factor)
-        reduced = cv2.resize(image, small.size, interpolation=cv2.INTER_AREA) if factor != 1 else image
+        return (cv2.resize(image, small.size, interpolation=cv2.INTER_AREA) if factor != 1 else image), small
+
+    def matches(self, image: np.ndarray, camera: PinholeCamera, turn: int = 0,
+                reduced: tuple | None = None) -> tuple[np.ndarray, np.ndarray, CoarseMatches]:
+        """(pixels [M, 2] in ``image``, map points [M, 3], the raw matches) of ``image`` turned by
+        ``turn`` quarter turns; ``reduced``: :meth:`reduced` of the image when already made."""
+        reduced, small = reduced or self.reduced(image, camera)
         turned = np.ascontiguousarray(np.rot90(reduced, turn))
         cells = image_cells(self.xfeat, turned)
         h, w = cells.shape[:2]
@@ -120,18 +124,9 @@ class LearnedCoarse:
         return sorted(hypotheses, key=lambda h: -h.num_inliers)
 
     def _from_points(self, turned: list, camera: PinholeCamera, pnp: PnPConfig, timer=None) -> PoseEstimate:
-        descriptors = np.concatenate([f.descriptors for f in turned])
-        keypoints = np.concatenate([f.keypoints for f in turned])
-        matches = match_descriptors(descriptors, self.scene.descriptors, self.config.matching)
-        if timer is not None:
-            timer.lap("matching")
         pnp = dataclasses.replace(pnp, max_iterations=max(pnp.max_iterations, self.config.ransac_iterations))
-        estimate = estimate_pose(self.scene.points[matches.landmark_idx].astype(np.float64),
-                                 keypoints[matches.query_idx], camera, pnp)
-        if timer is not None:
-            timer.lap("pnp")
-        log.debug("learned points: %d matches, %d inliers", len(matches.query_idx), estimate.num_inliers)
-        return estimate
+        return pose_from_all_points(turned, self.scene.points, self.scene.descriptors, camera, self.config.matching,
+                                    pnp, timer)
 
     def _from_regions(self, image: np.ndarray, camera: PinholeCamera, turns: int, pnp: PnPConfig,
                       timer=None) -> list[PoseEstimate]:
@@ -139,7 +134,8 @@ class LearnedCoarse:
         pnp = dataclasses.replace(pnp, max_reproj_error=max(pnp.max_reproj_error,
                                                             self.config.reproj_cells * STRIDE * factor),
                                   max_iterations=max(pnp.max_iterations, self.config.ransac_iterations))
-        matched = [self.matches(image, camera, turn)[:2] for turn in range(turns)]
+        reduced = self.reduced(image, camera)  # once for every turn
+        matched = [self.matches(image, camera, turn, reduced)[:2] for turn in range(turns)]
         if timer is not None:
             timer.lap("matching")
         hypotheses = [estimate_pose(points, uv, camera, pnp) for uv, points in matched]

@@ -100,6 +100,12 @@ class TrainingMap:
             return cls(name, hierarchy, z["cells"], pairs, z["poses"], z["targets"].astype(np.float32), z["taught"])
 
 
+def map_hierarchy(gmap: GaussianMap, config: LearnedConfig) -> tuple[SceneGeometry, PointHierarchy]:
+    """The map's geometry (centre, radius) and its point hierarchy, as training builds them."""
+    geometry = analyse_geometry(gmap, SceneConfig(min_opacity=config.min_opacity))
+    return geometry, build_hierarchy(gmap, config, geometry.centre, geometry.radius)
+
+
 def ground_truth(regions: np.ndarray, T_world_camera: np.ndarray, camera: PinholeCamera, depth: np.ndarray,
                  alpha: np.ndarray, tolerance: float) -> np.ndarray:
     """[M, 2] int32 (region, patch) pairs of one view (see the module docstring)."""
@@ -141,8 +147,7 @@ def make_training_map(name: str, gmap: GaussianMap, up, encoder, config: Learned
     """The hierarchy, ``count`` training views and point targets of one map (see the module
     docstring); ``teacher``: the settings of the lifted scene that teaches the point descriptors
     (default: the localizer's defaults)."""
-    geometry = analyse_geometry(gmap, SceneConfig(min_opacity=config.min_opacity))
-    hierarchy = build_hierarchy(gmap, config, geometry.centre, geometry.radius)
+    geometry, hierarchy = map_hierarchy(gmap, config)
     lifted = load_or_encode(gmap, encoder, teacher or SceneConfig(), cache_dir=lifted_cache, progress=progress)
     targets, taught = point_targets(hierarchy.levels[0], lifted.points, lifted.descriptors,
                                     config.voxels[0] * geometry.radius)
@@ -171,9 +176,7 @@ def load_or_make_training_map(name: str, directory: Path, encoder, config: Learn
     key = f"v{DATA_VERSION}-{config.hierarchy_key()}-{teacher.key('xfeat', 'cpu', 'cpu')[:8]}"
     path = Path(directory) / f"{name.replace(':', '_').replace('/', '_')}-{count}-{seed}-{key}.npz"
     if path.is_file():
-        geometry = analyse_geometry(gmap, SceneConfig(min_opacity=config.min_opacity))
-        hierarchy = build_hierarchy(gmap, config, geometry.centre, geometry.radius)
-        return TrainingMap.load(path, name, hierarchy)
+        return TrainingMap.load(path, name, map_hierarchy(gmap, config)[1])
     data = make_training_map(name, gmap, up, encoder, config, count, seed, progress=progress,
                              lifted_cache=Path(directory) / "lifted", teacher=teacher)
     path.parent.mkdir(parents=True, exist_ok=True)

@@ -44,12 +44,14 @@ DESCRIPTOR_SAMPLE = 2048
 
 
 def step_batch(model: LearnedMatcher, data: TrainingMap, tensors: dict, views: np.ndarray, device: str,
-               coarse_weight: float = 1.0, descriptor_weight: float = 1.0, rng: np.random.Generator | None = None):
+               coarse_weight: float = 1.0, descriptor_weight: float = 1.0, rng: np.random.Generator | None = None,
+               encoded: tuple | None = None):
     """(loss, confidence or None, truth, point descriptors) of one map and some of its views:
     ``coarse_weight`` x the dual-softmax loss of the ground-truth region-patch matches (skipped,
     attention and all, at 0) plus ``descriptor_weight`` x the point descriptors' loss
-    (:func:`~.distillation.descriptor_loss`)."""
-    regions, points = model.encode_scene(tensors)
+    (:func:`~.distillation.descriptor_loss`). ``encoded``: the map's ``model.encode_scene(tensors)``
+    when already computed."""
+    regions, points = encoded if encoded is not None else model.encode_scene(tensors)
     truth = [data.pairs[v] for v in views]
     loss, confidence = points.sum() * 0.0, None
     if coarse_weight:
@@ -65,6 +67,12 @@ def step_batch(model: LearnedMatcher, data: TrainingMap, tensors: dict, views: n
     return loss, confidence, truth, points
 
 
+def _point_recall(points: torch.Tensor, data: TrainingMap, config: LearnedConfig, device: str) -> float:
+    """:func:`~.distillation.descriptor_recall` of one map's point descriptors (within two finest cells)."""
+    return descriptor_recall(points, torch.from_numpy(data.targets).to(device), data.taught, data.hierarchy.levels[0],
+                             2 * config.voxels[0] * data.hierarchy.radius)
+
+
 def evaluate(model: LearnedMatcher, maps: list[TrainingMap], tensors: list[dict], device: str,
              batch: int = 4, coarse: bool = True) -> tuple[float, float]:
     """(region recall within one patch over every view, point descriptor recall) of ``maps``
@@ -75,13 +83,11 @@ def evaluate(model: LearnedMatcher, maps: list[TrainingMap], tensors: list[dict]
     with torch.inference_mode():
         for data, t in zip(maps, tensors, strict=True):
             cols = data.cells.shape[2]
-            _, points = model.encode_scene(t)
-            radius = 2 * model.config.voxels[0] * data.hierarchy.radius
-            descriptor.append(descriptor_recall(points, torch.from_numpy(data.targets).to(device), data.taught,
-                                                data.hierarchy.levels[0], radius))
+            encoded = model.encode_scene(t)  # once per map: eval mode, the same for every batch of views
+            descriptor.append(_point_recall(encoded[1], data, model.config, device))
             for start in range(0, len(data.cells) if coarse else 0, batch):
                 views = np.arange(start, min(start + batch, len(data.cells)))
-                _, confidence, truth, _ = step_batch(model, data, t, views, device, 1.0, 0.0)
+                _, confidence, truth, _ = step_batch(model, data, t, views, device, 1.0, 0.0, encoded=encoded)
                 n = sum(len(p) for p in truth)
                 hits += match_recall(confidence, truth, cols) * n
                 total += n
@@ -160,9 +166,7 @@ def train(out: Path, train_maps: list[str], val_maps: list[str], steps: int, vie
             history["eval_step"].append(step + 1)
             history["train_recall"].append(match_recall(confidence.detach(), truth, data.cells.shape[2])
                                            if confidence is not None else float("nan"))
-            history["train_descriptor_recall"].append(descriptor_recall(
-                points.detach(), torch.from_numpy(data.targets).to(device), data.taught, data.hierarchy.levels[0],
-                2 * config.voxels[0] * data.hierarchy.radius))
+            history["train_descriptor_recall"].append(_point_recall(points.detach(), data, config, device))
             region, descriptor = (evaluate(model, val_data, val_tensors, device, coarse=bool(coarse_weight))
                                   if val_data else (float("nan"), float("nan")))
             history["val_recall"].append(region)

@@ -17,6 +17,7 @@ from dataclasses import dataclass, field, fields
 
 import numpy as np
 
+from gsvisloc_ros.learned import SCENE_ENCODERS
 from gsvisloc_ros.quality import DEFAULT_COVARIANCE_SCALE
 from gsvisloc_ros.tracking import TrackingConfig
 
@@ -25,7 +26,6 @@ _TRACKING = TrackingConfig()
 MODES = ("continuous", "on_demand")
 DEVICES = ("auto", "cpu", "cuda")
 ENCODERS = ("xfeat", "sift")
-SCENE_ENCODERS = ("lifted", "learned")
 IDENTITY_MAP_TO_FRAME = (0.0, 0.0, 0.0, 0.0, 0.0, 0.0, 1.0)
 
 
